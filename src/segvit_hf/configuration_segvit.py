@@ -1,0 +1,207 @@
+"""SegViT model configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig, ViTConfig
+
+from .presets import PRESETS, get_preset
+
+# The official models are mmseg ViTs: LayerNorm eps 1e-6 (transformers' ViT default is 1e-12), exact GELU.
+_ENCODER_DEFAULTS = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "layer_norm_eps": 1e-6,
+    "image_size": 512,
+    "patch_size": 16,
+    "num_channels": 3,
+    "qkv_bias": True,
+}
+
+
+class SegViTConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SegViTModel`] / [`SegViTForSemanticSegmentation`]: a plain ViT encoder whose selected
+    layers feed a cascade of Attention-to-Mask (ATM) decoder stages.
+
+    The defaults describe the paper's ADE20K ViT-B/16 model at 512x512. Use [`SegViTConfig.from_preset`] for any of
+    the seven released models.
+
+    Args:
+        encoder_config (`ViTConfig` or `dict`, *optional*):
+            The ViT encoder. Missing entries take the official SegViT values (patch 16, LayerNorm eps 1e-6, exact
+            GELU, qkv bias). `image_size` is the training crop: it sets the stored position-embedding grid.
+        out_indices (`list[int]`, *optional*, defaults to `[5, 7, 11]`):
+            0-based indices of the encoder layers whose outputs feed the decoder, shallow to deep. The ATM stages
+            run deepest first.
+        decoder_hidden_size (`int`, *optional*, defaults to 384):
+            Width `d` of the ATM decoder (class queries, laterals).
+        decoder_num_attention_heads (`int`, *optional*, defaults to 12):
+            Attention heads in the ATM decoder layers.
+        decoder_layers_per_stage (`int`, *optional*, defaults to 3):
+            ATM decoder layers in each stage.
+        decoder_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout on the decoder's residual branches, MLP and attention weights (training only).
+        drop_path_rate (`float`, *optional*, defaults to 0.1):
+            Stochastic-depth rate of the last encoder layer; layer `i` uses `drop_path_rate * i / (depth - 1)`.
+        class_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the classification (cross-entropy) loss.
+        focal_weight (`float`, *optional*, defaults to 20.0):
+            Weight of the sigmoid focal loss on the masks.
+        dice_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the dice loss on the masks.
+        no_object_weight (`float`, *optional*, defaults to 0.1):
+            Cross-entropy weight of the "no object" target (queries whose class is absent from the image).
+        focal_alpha (`float`, *optional*, defaults to 0.25):
+            Focal loss alpha.
+        focal_gamma (`float`, *optional*, defaults to 2.0):
+            Focal loss gamma.
+        ignore_index (`int`, *optional*, defaults to 255):
+            Label value of pixels without a class.
+        shrink_index (`int`, *optional*):
+            Encoder layer at which query-based down-sampling (QD) halves the token grid (the *Shrunk* variant).
+            `None` for the plain model.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the truncated-normal initialisation of linear layers.
+
+    Example:
+
+    ```python
+    >>> from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
+
+    >>> config = SegViTConfig.from_preset("ade20k-vit-b")
+    >>> model = SegViTForSemanticSegmentation(config)
+    ```
+    """
+
+    model_type = "segvit"
+    sub_configs = {"encoder_config": ViTConfig}
+
+    def __init__(
+        self,
+        encoder_config: ViTConfig | dict | None = None,
+        out_indices: list[int] | tuple[int, ...] = (5, 7, 11),
+        decoder_hidden_size: int = 384,
+        decoder_num_attention_heads: int = 12,
+        decoder_layers_per_stage: int = 3,
+        decoder_dropout: float = 0.1,
+        drop_path_rate: float = 0.1,
+        class_weight: float = 1.0,
+        focal_weight: float = 20.0,
+        dice_weight: float = 1.0,
+        no_object_weight: float = 0.1,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        ignore_index: int = 255,
+        shrink_index: int | None = None,
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ):
+        if encoder_config is None:
+            encoder_config = ViTConfig(**_ENCODER_DEFAULTS)
+        elif isinstance(encoder_config, dict):
+            encoder_config = ViTConfig(**{**_ENCODER_DEFAULTS, **encoder_config})
+        elif not isinstance(encoder_config, ViTConfig):
+            raise TypeError(f"`encoder_config` must be a ViTConfig or a dict, got {type(encoder_config).__name__}.")
+        self.encoder_config = encoder_config
+        self.out_indices = [int(i) for i in out_indices]
+        self.decoder_hidden_size = decoder_hidden_size
+        self.decoder_num_attention_heads = decoder_num_attention_heads
+        self.decoder_layers_per_stage = decoder_layers_per_stage
+        self.decoder_dropout = decoder_dropout
+        self.drop_path_rate = drop_path_rate
+        self.class_weight = class_weight
+        self.focal_weight = focal_weight
+        self.dice_weight = dice_weight
+        self.no_object_weight = no_object_weight
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.ignore_index = ignore_index
+        self.shrink_index = shrink_index
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        encoder = self.encoder_config
+        depth = encoder.num_hidden_layers
+        if not self.out_indices:
+            raise ValueError("`out_indices` must name at least one encoder layer.")
+        if any(not 0 <= i < depth for i in self.out_indices):
+            raise ValueError(
+                f"`out_indices` {self.out_indices} must be 0-based layer indices in [0, {depth}) for an encoder "
+                f"with {depth} layers."
+            )
+        if list(self.out_indices) != sorted(set(self.out_indices)):
+            raise ValueError(f"`out_indices` {self.out_indices} must be strictly increasing (shallow to deep).")
+        if encoder.hidden_size % encoder.num_attention_heads:
+            raise ValueError(
+                f"Encoder hidden_size {encoder.hidden_size} is not divisible by its num_attention_heads "
+                f"{encoder.num_attention_heads}."
+            )
+        if self.decoder_hidden_size % self.decoder_num_attention_heads:
+            raise ValueError(
+                f"`decoder_hidden_size` {self.decoder_hidden_size} is not divisible by "
+                f"`decoder_num_attention_heads` {self.decoder_num_attention_heads}."
+            )
+        if self.decoder_layers_per_stage < 1:
+            raise ValueError(f"`decoder_layers_per_stage` must be at least 1, got {self.decoder_layers_per_stage}.")
+        if self.shrink_index is not None and not 0 < self.shrink_index < depth:
+            raise ValueError(f"`shrink_index` must be in (0, {depth}) or None, got {self.shrink_index}.")
+        for size in _as_pair(encoder.image_size):
+            if size % _as_pair(encoder.patch_size)[0]:
+                raise ValueError(
+                    f"Encoder image_size {encoder.image_size} must be a multiple of the patch size {encoder.patch_size}."
+                )
+
+    @property
+    def num_stages(self) -> int:
+        """Number of ATM stages: one per selected encoder layer."""
+        return len(self.out_indices)
+
+    @classmethod
+    def from_preset(cls, name: str, *, with_background: bool = False, **kwargs: Any) -> "SegViTConfig":
+        """
+        The configuration of one of the paper's released models.
+
+        Args:
+            name (`str`):
+                One of `segvit_hf.PRESETS`: `ade20k-vit-b`, `ade20k-vit-l`, `ade20k-vit-l-shrunk`,
+                `cocostuff10k-vit-l`, `cocostuff10k-vit-l-shrunk`, `pascal-context-vit-l`,
+                `pascal-context-vit-l-shrunk`.
+            with_background (`bool`, *optional*, defaults to `False`):
+                PASCAL-Context only: 60 labels (background first) instead of the released 59.
+            kwargs:
+                Overrides of any configuration attribute.
+        """
+        from .labels import id2label_for
+
+        preset = get_preset(name)
+        id2label = id2label_for(preset.dataset, with_background=with_background)
+        values: dict[str, Any] = {
+            "encoder_config": {**preset.encoder, "image_size": preset.crop_size},
+            "out_indices": list(preset.out_indices),
+            "decoder_hidden_size": preset.decoder_hidden_size,
+            "decoder_num_attention_heads": preset.decoder_num_attention_heads,
+            "drop_path_rate": preset.drop_path_rate,
+            "shrink_index": preset.shrink_index,
+            "id2label": id2label,
+            "label2id": {label: i for i, label in id2label.items()},
+        }
+        values.update(kwargs)
+        return cls(**values)
+
+
+def _as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+__all__ = ["SegViTConfig", "PRESETS"]

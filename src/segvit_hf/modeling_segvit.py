@@ -1,0 +1,658 @@
+"""PyTorch SegViT: plain ViT encoder + Attention-to-Mask (ATM) decoder (Zhang et al., NeurIPS 2022)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.models.vit.modeling_vit import ViTLayer, ViTPatchEmbeddings
+from transformers.utils import ModelOutput
+
+from .configuration_segvit import SegViTConfig, _as_pair
+
+
+@dataclass
+class SegViTModelOutput(ModelOutput):
+    """
+    Output of [`SegViTModel`]: the encoder features that feed the ATM decoder.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, grid_height * grid_width, hidden_size)`):
+            Patch tokens after the last encoder layer (no final LayerNorm, no CLS token).
+        feature_maps (`tuple(torch.FloatTensor)`):
+            One map per `config.out_indices` entry, shallow to deep, each of shape
+            `(batch_size, hidden_size, grid_height, grid_width)` where the grid is the input size divided by the patch
+            size, rounded up (inputs are zero-padded at the bottom and right to a multiple of the patch size).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            Embedding output and each layer's output, each `(batch_size, grid_height * grid_width, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            Each encoder layer's softmax attention, `(batch_size, num_heads, sequence_length, sequence_length)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SegViTSemanticSegmenterOutput(ModelOutput):
+    """
+    Output of [`SegViTForSemanticSegmentation`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            ATM loss summed over all decoder stages: `class_weight * CE + focal_weight * focal + dice_weight * dice`.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`):
+            Per-class scores at the input resolution: `sum_n softmax(class logits)[n, c] * sigmoid(mask n)`, the "no
+            object" column dropped. Non-negative, but not probabilities: every query adds its share to each class, so
+            a score can exceed 1 (up to `num_labels`). The official model's `pred`; `argmax(1)` is the label map.
+        class_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, num_labels + 1)`):
+            Class logits of each class query after the last stage; the last column is "no object".
+        masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, grid_height, grid_width)`):
+            Mask logits of each class query on the token grid, accumulated over the stages.
+        auxiliary_logits (`list[dict[str, torch.FloatTensor]]`):
+            The earlier stages' `class_queries_logits` and `masks_queries_logits` (accumulated up to that stage),
+            first stage first. They are supervised by the loss too.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            Encoder hidden states, see [`SegViTModelOutput`].
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            Encoder attentions, see [`SegViTModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    class_queries_logits: torch.FloatTensor | None = None
+    masks_queries_logits: torch.FloatTensor | None = None
+    auxiliary_logits: list[dict[str, torch.FloatTensor]] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def resize_position_embeddings(position_embeddings: torch.Tensor, source_grid, target_grid) -> torch.Tensor:
+    """
+    Bicubically resizes a `(1, source_h * source_w, dim)` position table to `(1, target_h * target_w, dim)`
+    (align_corners=False, as the official model). Returned unchanged when the grids are equal.
+    """
+    source_grid, target_grid = tuple(source_grid), tuple(target_grid)
+    if source_grid == target_grid:
+        return position_embeddings
+    dim = position_embeddings.shape[-1]
+    table = position_embeddings.reshape(1, *source_grid, dim).permute(0, 3, 1, 2)
+    # bicubic is not implemented for every low-precision dtype: resize in fp32.
+    table = F.interpolate(table.float(), size=target_grid, mode="bicubic", align_corners=False)
+    return table.to(position_embeddings.dtype).flatten(2).transpose(1, 2)
+
+
+class SegViTEmbeddings(nn.Module):
+    """
+    Patch embeddings plus position embeddings, without the CLS token: the official encoder adds the CLS slot's
+    position embedding to the CLS token and then drops that token, so neither affects the patch tokens.
+    """
+
+    def __init__(self, config: SegViTConfig):
+        super().__init__()
+        encoder_config = config.encoder_config
+        self.patch_embeddings = ViTPatchEmbeddings(encoder_config)
+        self.patch_size = _as_pair(encoder_config.patch_size)
+        image_size = _as_pair(encoder_config.image_size)
+        self.position_grid = (image_size[0] // self.patch_size[0], image_size[1] // self.patch_size[1])
+        num_positions = self.position_grid[0] * self.position_grid[1]
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, encoder_config.hidden_size))
+        self.dropout = nn.Dropout(encoder_config.hidden_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Returns the tokens `(batch, grid_h * grid_w, hidden_size)` and the grid `(grid_h, grid_w)`."""
+        height, width = pixel_values.shape[-2:]
+        pad_bottom = -height % self.patch_size[0]
+        pad_right = -width % self.patch_size[1]
+        if pad_bottom or pad_right:
+            # As the official patch embedding ("corner" adaptive padding): pad bottom/right, never crop.
+            pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
+        grid = ((height + pad_bottom) // self.patch_size[0], (width + pad_right) // self.patch_size[1])
+        embeddings = self.patch_embeddings(pixel_values)
+        embeddings = embeddings + resize_position_embeddings(self.position_embeddings, self.position_grid, grid)
+        return self.dropout(embeddings), grid
+
+
+class SegViTDropPath(nn.Module):
+    """Stochastic depth: drops a whole residual branch per sample while training."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * keep / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class SegViTLayer(ViTLayer):
+    """transformers' pre-norm ViT layer (same weights and names) with stochastic depth on both residual branches."""
+
+    def __init__(self, config, drop_path_rate: float = 0.0):
+        super().__init__(config)
+        self.drop_path = SegViTDropPath(drop_path_rate)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, attention_weights = self.attention(self.layernorm_before(hidden_states), None, **kwargs)
+        hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
+        mlp_output = self.mlp(self.layernorm_after(hidden_states))
+        hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))
+        return hidden_states, attention_weights
+
+
+# Spelled `torch.nn.Module`: transformers only lets a model switch its encoder's attention implementation when
+# every `*Attention(nn.Module)` class in the file dispatches through its AttentionInterface, and this one must
+# compute the pre-softmax similarity itself.
+class SegViTATMCrossAttention(torch.nn.Module):
+    """
+    Cross-attention from class queries to image tokens that also returns the ATM mask: the scaled query-key
+    similarity *before* softmax, averaged over heads.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+        self.attention_dropout = nn.Dropout(dropout)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = states.shape
+        return states.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            queries: `(batch, num_queries, hidden_size)`.
+            tokens: `(batch, num_tokens, hidden_size)`.
+        Returns:
+            The attended queries `(batch, num_queries, hidden_size)` and the head-averaged similarity
+            `(batch, num_queries, num_tokens)`.
+        """
+        query = self._split_heads(self.q_proj(queries))
+        key = self._split_heads(self.k_proj(tokens))
+        value = self._split_heads(self.v_proj(tokens))
+        similarity = torch.matmul(query, key.transpose(-1, -2)) * self.scale
+        weights = self.attention_dropout(similarity.softmax(dim=-1))
+        attended = torch.matmul(weights, value).transpose(1, 2).flatten(2)
+        return self.o_proj(attended), similarity.mean(dim=1)
+
+
+class SegViTATMLayer(nn.Module):
+    """
+    One post-norm ATM decoder layer: self-attention among the class queries, cross-attention to the image tokens
+    (whose similarity map is this layer's mask), then a ReLU MLP; residual + LayerNorm after each.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(hidden_size, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn_dropout = nn.Dropout(dropout)
+        self.self_attn_norm = nn.LayerNorm(hidden_size)
+        self.cross_attn = SegViTATMCrossAttention(hidden_size, num_heads, dropout)
+        self.cross_attn_dropout = nn.Dropout(dropout)
+        self.cross_attn_norm = nn.LayerNorm(hidden_size)
+        self.fc1 = nn.Linear(hidden_size, 4 * hidden_size)
+        self.fc2 = nn.Linear(4 * hidden_size, hidden_size)
+        self.mlp_dropout = nn.Dropout(dropout)
+        self.mlp_output_dropout = nn.Dropout(dropout)
+        self.mlp_norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the updated queries `(batch, num_queries, d)` and mask logits `(batch, num_queries, num_tokens)`."""
+        attended, _ = self.self_attn(queries, queries, queries, need_weights=False)
+        queries = self.self_attn_norm(queries + self.self_attn_dropout(attended))
+        attended, mask_logits = self.cross_attn(queries, tokens)
+        queries = self.cross_attn_norm(queries + self.cross_attn_dropout(attended))
+        mlp_output = self.fc2(self.mlp_dropout(F.relu(self.fc1(queries))))
+        queries = self.mlp_norm(queries + self.mlp_output_dropout(mlp_output))
+        return queries, mask_logits
+
+
+class SegViTATMStage(nn.Module):
+    """
+    One stage of the cascade: projects one encoder layer's tokens to the decoder width ("lateral": Linear then
+    LayerNorm) and runs the ATM layers over them. The stage's mask is its last layer's similarity map.
+    """
+
+    def __init__(self, config: SegViTConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.lateral_proj = nn.Linear(config.encoder_config.hidden_size, width)
+        self.lateral_norm = nn.LayerNorm(width)
+        self.layers = nn.ModuleList(
+            SegViTATMLayer(width, config.decoder_num_attention_heads, config.decoder_dropout)
+            for _ in range(config.decoder_layers_per_stage)
+        )
+
+    def forward(self, queries: torch.Tensor, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            queries: class queries `(batch, num_labels, d)`.
+            feature_map: encoder features `(batch, hidden_size, grid_h, grid_w)`.
+        Returns:
+            The updated queries and this stage's mask logits `(batch, num_labels, grid_h, grid_w)`.
+        """
+        grid = feature_map.shape[-2:]
+        tokens = self.lateral_norm(self.lateral_proj(feature_map.flatten(2).transpose(1, 2)))
+        for layer in self.layers:
+            queries, mask_logits = layer(queries, tokens)
+        return queries, mask_logits.unflatten(-1, grid)
+
+
+class SegViTATMDecoder(nn.Module):
+    """
+    The cascade of ATM stages, deepest encoder feature first. One learnable query per class; after every stage a
+    shared linear head turns the queries into class logits (plus "no object"), and the stage's mask logits are
+    added to the previous stages' (resized to the last stage's grid).
+    """
+
+    def __init__(self, config: SegViTConfig):
+        super().__init__()
+        self.stages = nn.ModuleList(SegViTATMStage(config) for _ in range(config.num_stages))
+        self.class_queries = nn.Embedding(config.num_labels, config.decoder_hidden_size)
+        self.class_head = nn.Linear(config.decoder_hidden_size, config.num_labels + 1)
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """
+        Args:
+            feature_maps: encoder features, shallow to deep, each `(batch, hidden_size, grid_h, grid_w)`.
+        Returns:
+            Per stage, first to last: class logits `(batch, num_labels, num_labels + 1)` and accumulated mask logits
+            `(batch, num_labels, grid_h, grid_w)` on the last stage's grid.
+        """
+        deepest_first = feature_maps[::-1]
+        batch_size = deepest_first[0].shape[0]
+        queries = self.class_queries.weight.unsqueeze(0).expand(batch_size, -1, -1)
+        stage_queries, stage_masks = [], []
+        for stage, feature_map in zip(self.stages, deepest_first):
+            queries, mask_logits = stage(queries, feature_map)
+            stage_queries.append(queries)
+            stage_masks.append(mask_logits)
+
+        final_grid = stage_masks[-1].shape[-2:]
+        outputs, accumulated = [], None
+        for queries, mask_logits in zip(stage_queries, stage_masks):
+            mask_logits = F.interpolate(mask_logits, size=final_grid, mode="bilinear", align_corners=False)
+            accumulated = mask_logits if accumulated is None else accumulated + mask_logits
+            outputs.append((self.class_head(queries), accumulated))
+        return outputs
+
+
+def upsample_mask_logits(mask_logits: torch.Tensor, size: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
+    """
+    Bilinearly resizes token-grid mask logits `(batch, queries, grid_h, grid_w)` to the pixels they cover, then
+    crops the bottom/right padding the encoder added: returns `(batch, queries, size[0], size[1])`.
+    """
+    padded = (mask_logits.shape[-2] * patch_size[0], mask_logits.shape[-1] * patch_size[1])
+    if padded == tuple(size):
+        return F.interpolate(mask_logits, size=padded, mode="bilinear", align_corners=False)
+    return F.interpolate(mask_logits, size=padded, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+
+
+def combine_class_and_mask_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """
+    The ATM prediction: `(batch, labels, H, W)` scores `sum_n softmax(class_logits)[b, n, c] * sigmoid(mask)[b, n]`,
+    "no object" dropped. `class_logits` is `(batch, queries, labels + 1)`, `mask_logits` `(batch, queries, H, W)`.
+    """
+    class_probabilities = class_logits.softmax(dim=-1)[..., :-1]
+    return torch.einsum("bnc,bnhw->bchw", class_probabilities, mask_logits.sigmoid())
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """Per-mask focal loss, averaged over pixels: `(num_masks, pixels)` -> `(num_masks,)`."""
+    probabilities = logits.sigmoid()
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = probabilities * targets + (1 - probabilities) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * cross_entropy * (1 - p_t) ** gamma).mean(dim=1)
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-mask dice loss with +1 smoothing: `(num_masks, pixels)` -> `(num_masks,)`."""
+    probabilities = logits.sigmoid()
+    numerator = 2 * (probabilities * targets).sum(-1)
+    denominator = probabilities.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+class SegViTATMLoss(nn.Module):
+    """
+    The ATM loss. There is no Hungarian matching: query `i` is class `i`. For each stage, cross-entropy over all
+    queries (absent classes target "no object", weighted `no_object_weight`) plus focal and dice losses on the masks
+    of the classes present, normalised by the number of present masks in the (global) batch. Stages are summed.
+
+    Ignored pixels count as negatives for every mask, as in the official implementation. Images whose pixels are
+    all ignored carry no supervision and are left out of every term.
+    """
+
+    def __init__(self, config: SegViTConfig):
+        super().__init__()
+        self.num_labels = config.num_labels
+        self.ignore_index = config.ignore_index
+        self.class_weight = config.class_weight
+        self.focal_weight = config.focal_weight
+        self.dice_weight = config.dice_weight
+        self.focal_alpha = config.focal_alpha
+        self.focal_gamma = config.focal_gamma
+        self.no_object_weight = config.no_object_weight
+
+    def _num_masks(self, present: torch.Tensor) -> float:
+        """Present masks per process, averaged over processes under distributed training, at least 1."""
+        num_masks = present.sum().float().reshape(1)
+        world_size = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(num_masks)
+            world_size = torch.distributed.get_world_size()
+        return max(num_masks.item() / world_size, 1.0)
+
+    def forward(
+        self,
+        stage_outputs: list[tuple[torch.Tensor, torch.Tensor]],
+        labels: torch.Tensor,
+        patch_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """
+        Args:
+            stage_outputs: per stage, class logits `(batch, num_labels, num_labels + 1)` and mask logits
+                `(batch, num_labels, grid_h, grid_w)`.
+            labels: `(batch, height, width)` class ids, `ignore_index` for unlabelled pixels.
+            patch_size: pixels per token, to place the token grid on the label map.
+        Returns:
+            The total loss, a scalar in fp32.
+        """
+        batch_size = labels.shape[0]
+        valid = labels != self.ignore_index
+        labelled_images = valid.flatten(1).any(dim=1)
+        classes_or_overflow = torch.where(valid, labels, self.num_labels).flatten(1)
+        present = torch.zeros(batch_size, self.num_labels + 1, dtype=torch.bool, device=labels.device)
+        present.scatter_(1, classes_or_overflow, True)
+        present = present[:, : self.num_labels]
+        num_masks = self._num_masks(present)
+
+        query_ids = torch.arange(self.num_labels, device=labels.device)
+        target_classes = torch.where(present, query_ids, self.num_labels)
+        image_ids, class_ids = present.nonzero(as_tuple=True)
+        target_masks = (labels[image_ids] == class_ids[:, None, None]).flatten(1)
+
+        # Half-precision logits (autocast) are promoted to fp32; fp64 stays fp64.
+        loss_dtype = torch.promote_types(stage_outputs[-1][0].dtype, torch.float32)
+        target_masks = target_masks.to(loss_dtype)
+        class_weights = torch.ones(self.num_labels + 1, device=labels.device, dtype=loss_dtype)
+        class_weights[-1] = self.no_object_weight
+        total = labels.new_zeros((), dtype=loss_dtype)
+        for class_logits, mask_logits in stage_outputs:
+            class_logits, mask_logits = class_logits.to(loss_dtype), mask_logits.to(loss_dtype)
+            if labelled_images.any():
+                cross_entropy = F.cross_entropy(
+                    class_logits[labelled_images].transpose(1, 2),
+                    target_classes[labelled_images],
+                    weight=class_weights,
+                )
+            else:
+                # Nothing to learn from, but every parameter stays in the graph (DDP expects gradients).
+                cross_entropy = class_logits.sum() * 0.0
+            selected = mask_logits[image_ids, class_ids][:, None]
+            selected = upsample_mask_logits(selected, labels.shape[-2:], patch_size).flatten(1)
+            focal = sigmoid_focal_loss(selected, target_masks, self.focal_alpha, self.focal_gamma).sum() / num_masks
+            dice = dice_loss(selected, target_masks).sum() / num_masks
+            if image_ids.numel() == 0:
+                focal = dice = mask_logits.sum() * 0.0
+            total = total + self.class_weight * cross_entropy + self.focal_weight * focal + self.dice_weight * dice
+        return total
+
+
+class SegViTPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the `from_pretrained` plumbing shared by the SegViT models."""
+
+    config_class = SegViTConfig
+    config: SegViTConfig
+    base_model_prefix = "segvit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SegViTEmbeddings", "SegViTLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+
+    def __init__(self, config: SegViTConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # transformers resolves the attention implementation on the top-level config only at construction; the
+        # reused ViT layers read it from the encoder sub-config.
+        config.encoder_config._attn_implementation_internal = config._attn_implementation
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+        elif isinstance(module, SegViTEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+        elif isinstance(module, SegViTATMDecoder):
+            # The class queries start as a standard-normal table (nn.Embedding's own default, as the official head).
+            init.normal_(module.class_queries.weight, mean=0.0, std=1.0)
+
+
+def _check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"`pixel_values` must have shape (batch_size, {num_channels}, height, width), got {tuple(pixel_values.shape)}."
+        )
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"`pixel_values` must have {num_channels} channels in dimension 1 (batch_size, channels, height, width), "
+            f"got shape {tuple(pixel_values.shape)}."
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"`pixel_values` must be a floating-point tensor, got {pixel_values.dtype}.")
+    if pixel_values.shape[0] == 0 or pixel_values.shape[-1] == 0 or pixel_values.shape[-2] == 0:
+        raise ValueError(f"`pixel_values` has an empty dimension: shape {tuple(pixel_values.shape)}.")
+
+
+class SegViTModel(SegViTPreTrainedModel):
+    """
+    The SegViT encoder: a plain ViT run the official way (no CLS token in the sequence, no final LayerNorm,
+    position embeddings resized bicubically to any input grid) that returns the features of `config.out_indices`.
+    """
+
+    def __init__(self, config: SegViTConfig):
+        super().__init__(config)
+        if config.shrink_index is not None:
+            raise NotImplementedError(
+                "The Shrunk SegViT (query-based down-sampling, `shrink_index`) is not implemented yet."
+            )
+        encoder_config = config.encoder_config
+        self.embeddings = SegViTEmbeddings(config)
+        depth = encoder_config.num_hidden_layers
+        rates = [config.drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+        self.layers = nn.ModuleList(SegViTLayer(encoder_config, rate) for rate in rates)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SegViTModelOutput | tuple:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images, any size (non-square and not a multiple of the patch size included).
+            output_hidden_states (`bool`, *optional*): also return every layer's tokens.
+            output_attentions (`bool`, *optional*): also return every layer's attention (needs eager attention).
+            return_dict (`bool`, *optional*): return a [`SegViTModelOutput`] rather than a tuple.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        encoder_config = self.config.encoder_config
+        _check_pixel_values(pixel_values, encoder_config.num_channels)
+        if output_attentions and encoder_config._attn_implementation not in (None, "eager"):
+            raise ValueError(
+                "`output_attentions=True` needs the eager attention implementation; load the model with "
+                f"`attn_implementation=\"eager\"` (it uses {encoder_config._attn_implementation!r})."
+            )
+        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+
+        hidden_states, grid = self.embeddings(pixel_values)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        feature_maps = []
+        for index, layer in enumerate(self.layers):
+            hidden_states, attention_weights = layer(hidden_states, **kwargs)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attention_weights,)
+            if index in self.config.out_indices:
+                feature_maps.append(hidden_states.transpose(1, 2).unflatten(-1, grid))
+
+        output = SegViTModelOutput(
+            last_hidden_state=hidden_states,
+            feature_maps=tuple(feature_maps),
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
+    """
+    SegViT for semantic segmentation: the [`SegViTModel`] encoder, the cascaded ATM decoder and the ATM loss.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
+
+    >>> model = SegViTForSemanticSegmentation(SegViTConfig.from_preset("ade20k-vit-b")).eval()
+    >>> outputs = model(torch.randn(1, 3, 512, 512))
+    >>> outputs.logits.shape
+    torch.Size([1, 150, 512, 512])
+    ```
+    """
+
+    def __init__(self, config: SegViTConfig):
+        super().__init__(config)
+        self.segvit = SegViTModel(config)
+        self.decode_head = SegViTATMDecoder(config)
+        self.criterion = SegViTATMLoss(config)
+        self.post_init()
+
+    def _check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
+        if labels.ndim != 3 or tuple(labels.shape) != expected:
+            raise ValueError(
+                f"`labels` must have shape (batch_size, height, width) = {expected} to match `pixel_values` "
+                f"{tuple(pixel_values.shape)}, got {tuple(labels.shape)}."
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
+        out_of_range = ((labels < 0) | (labels >= self.config.num_labels)) & (labels != self.config.ignore_index)
+        if out_of_range.any():
+            bad = torch.unique(labels[out_of_range])[:10].tolist()
+            raise ValueError(
+                f"`labels` hold values {bad} outside [0, {self.config.num_labels}) that are not the ignore index "
+                f"{self.config.ignore_index}. Map them to a class or to {self.config.ignore_index} (for ADE20K's raw "
+                "annotations, reduce the labels: 0 -> 255, k -> k - 1)."
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SegViTSemanticSegmenterOutput | tuple:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images.
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                Class ids in `[0, num_labels)`, or `config.ignore_index` for unlabelled pixels, at the input size.
+                When given, the ATM loss is computed.
+            output_hidden_states, output_attentions, return_dict: see [`SegViTModel.forward`].
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None:
+            _check_pixel_values(pixel_values, self.config.encoder_config.num_channels)
+            self._check_labels(labels, pixel_values)
+
+        encoder_outputs = self.segvit(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **kwargs,
+        )
+        stage_outputs = self.decode_head(encoder_outputs.feature_maps)
+        class_logits, mask_logits = stage_outputs[-1]
+        patch_size = self.segvit.embeddings.patch_size
+        full_resolution_masks = upsample_mask_logits(mask_logits, pixel_values.shape[-2:], patch_size)
+        logits = combine_class_and_mask_scores(class_logits, full_resolution_masks)
+
+        loss = None
+        if labels is not None:
+            device_type = logits.device.type
+            with torch.autocast(device_type=device_type, enabled=False):
+                loss = self.criterion(stage_outputs, labels, patch_size)
+
+        output = SegViTSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            class_queries_logits=class_logits,
+            masks_queries_logits=mask_logits,
+            auxiliary_logits=[
+                {"class_queries_logits": stage_class, "masks_queries_logits": stage_masks}
+                for stage_class, stage_masks in stage_outputs[:-1]
+            ],
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "SegViTModel",
+    "SegViTForSemanticSegmentation",
+    "SegViTPreTrainedModel",
+    "SegViTModelOutput",
+    "SegViTSemanticSegmenterOutput",
+]

@@ -1,0 +1,577 @@
+"""Functional reference for what the official SegViT code computes.
+
+The authors' implementation (github zbwxp/SegVit, on top of mmseg 0.24 / mmcv 1.4) can no longer be
+installed. This module restates its arithmetic, in our own words, as plain functions over a state
+dict that uses the *official* key layout (``backbone.*`` / ``decode_head.*``). It exists only so
+that the tests can check our transformers port for numerical parity against an independent
+statement of the official semantics; nothing here is used by the package itself.
+
+Covered: the plain mmseg ``VisionTransformer`` backbone as configured by SegViT, the cascaded
+``ATMHead`` (eval-mode forward and its training-mode outputs) and ``ATMLoss`` / ``SetCriterion``
+(single process). Not covered: the shrunk (``vit_shrink`` + ``TPNATMHead``) variant.
+
+Public entry points:
+
+* :func:`official_forward` - prediction scores and (optionally) the total ATM loss;
+* :func:`official_backbone`, :func:`official_head`, :func:`official_atm_loss` - the pieces;
+* :func:`make_random_official_state_dict` - a random checkpoint in the official layout.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+StateDict = Dict[str, Tensor]
+
+# LayerNorm epsilons. The backbone is configured with norm_cfg eps=1e-6; the head uses plain
+# torch defaults: ``nn.LayerNorm(dim)`` for proj_norm_k and ``nn.TransformerDecoderLayer``'s
+# norm1/2/3 (layer_norm_eps default), i.e. 1e-5.
+BACKBONE_LN_EPS = 1e-6
+HEAD_LN_EPS = 1e-5
+
+# ATMLoss weights (cls_weight, mask_weight, dice_weight) and SetCriterion's no-object weight.
+CE_WEIGHT = 1.0
+FOCAL_WEIGHT = 20.0
+DICE_WEIGHT = 1.0
+NO_OBJECT_WEIGHT = 0.1
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# small building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _linear(x: Tensor, sd: StateDict, prefix: str) -> Tensor:
+    """``nn.Linear`` with weight/bias stored under ``prefix``."""
+    return F.linear(x, sd[prefix + ".weight"], sd.get(prefix + ".bias"))
+
+
+def _layer_norm(x: Tensor, sd: StateDict, prefix: str, eps: float) -> Tensor:
+    """``nn.LayerNorm`` over the last dim, affine parameters under ``prefix``."""
+    weight = sd[prefix + ".weight"]
+    return F.layer_norm(x, weight.shape, weight, sd[prefix + ".bias"], eps)
+
+
+def _split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(B, L, D) -> (B, heads, L, D // heads)."""
+    b, n, d = x.shape
+    return x.reshape(b, n, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """(B, heads, L, hd) -> (B, L, heads * hd)."""
+    b, h, n, hd = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * hd)
+
+
+def fused_multihead_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Optional[Tensor],
+    out_proj_weight: Tensor,
+    out_proj_bias: Optional[Tensor],
+    num_heads: int,
+) -> Tensor:
+    """Eval-mode ``torch.nn.MultiheadAttention`` output (no masks), batch-first tensors.
+
+    The stored (3D, D) ``in_proj_weight`` holds the q, k and v projections stacked in that
+    order. Each head computes softmax(q k^T / sqrt(head_dim)) v; the heads are concatenated and
+    sent through ``out_proj``. Used for the backbone's attention (mmcv ``MultiheadAttention`` wraps
+    exactly this module, ``batch_first=True`` only transposes around it) and for the ATM decoder's
+    self-attention (``nn.TransformerDecoderLayer.self_attn``).
+    """
+    d = query.shape[-1]
+    w_q, w_k, w_v = in_proj_weight.split(d, dim=0)
+    if in_proj_bias is None:
+        b_q = b_k = b_v = None
+    else:
+        b_q, b_k, b_v = in_proj_bias.split(d, dim=0)
+    q = _split_heads(F.linear(query, w_q, b_q), num_heads)
+    k = _split_heads(F.linear(key, w_k, b_k), num_heads)
+    v = _split_heads(F.linear(value, w_v, b_v), num_heads)
+    scale = (d // num_heads) ** -0.5
+    weights = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+    return F.linear(_merge_heads(weights @ v), out_proj_weight, out_proj_bias)
+
+
+# --------------------------------------------------------------------------------------------
+# backbone: mmseg 0.24 VisionTransformer with SegViT's settings
+# --------------------------------------------------------------------------------------------
+
+
+def _count_indexed(sd: StateDict, pattern: str) -> int:
+    """Number of distinct integers ``i`` for which some key matches ``pattern`` (one group)."""
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for k in sd for m in [rx.fullmatch(k)] if m}
+    if found and found != set(range(len(found))) and found != set(range(1, len(found) + 1)):
+        raise ValueError(f"non-contiguous indices for {pattern}: {sorted(found)}")
+    return len(found)
+
+
+def patch_embed(sd: StateDict, pixel_values: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+    """mmseg ``PatchEmbed`` (Conv2d, kernel = stride = patch size, padding='corner', no norm).
+
+    'corner' adaptive padding zero-pads the bottom/right so that every pixel is covered, i.e. to
+    the next multiple of the patch size (a no-op for sizes divisible by 16). Returns the tokens
+    (B, h*w, C) in row-major grid order and the grid shape (h, w).
+    """
+    weight = sd["backbone.patch_embed.projection.weight"]
+    ph, pw = weight.shape[-2:]
+    height, width = pixel_values.shape[-2:]
+    pad_h = -height % ph
+    pad_w = -width % pw
+    if pad_h or pad_w:
+        pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
+    x = F.conv2d(pixel_values, weight, sd["backbone.patch_embed.projection.bias"], stride=(ph, pw))
+    hw = (x.shape[-2], x.shape[-1])
+    return x.flatten(2).transpose(1, 2), hw
+
+
+def position_embedding_for_grid(sd: StateDict, hw: Tuple[int, int]) -> Tensor:
+    """The position embeddings the official backbone adds to the patch tokens, (1, h*w, C).
+
+    The stored table is (1, 1 + g*g, C): slot 0 belongs to the CLS token, the rest is a g x g grid.
+    Officially the CLS token is concatenated in front of the patch tokens, the table is added and
+    the CLS position is then dropped again (``with_cls_token=False``), so the CLS token and the
+    CLS slot of the table never reach the encoder. When the token count differs from the stored
+    one, the grid part is resized with bicubic interpolation (align_corners=False) to (h, w); the
+    CLS slot is kept aside unchanged (and then dropped as well). Equal counts: used as stored.
+    """
+    table = sd["backbone.pos_embed"]
+    n_grid = table.shape[1] - 1
+    if hw[0] * hw[1] == n_grid:
+        return table[:, 1:]
+    g = int(round(math.sqrt(n_grid)))
+    if g * g != n_grid:
+        raise ValueError(f"pos_embed grid of {n_grid} tokens is not square")
+    grid = table[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=hw, mode="bicubic", align_corners=False)
+    return grid.flatten(2).transpose(1, 2)
+
+
+def encoder_layer(x: Tensor, sd: StateDict, index: int, num_heads: int) -> Tensor:
+    """One mmseg ``TransformerEncoderLayer`` in eval mode (pre-norm).
+
+    x = x + attn(ln1(x))   (mmcv MultiheadAttention: identity + dropout_layer(proj_drop(out)),
+                            the drop path / dropouts are identities in eval mode)
+    x = x + fc2(gelu(fc1(ln2(x))))   (mmcv FFN with exact GELU, identity added back)
+    LayerNorm eps 1e-6.
+    """
+    p = f"backbone.layers.{index}."
+    h = _layer_norm(x, sd, p + "ln1", BACKBONE_LN_EPS)
+    x = x + fused_multihead_attention(
+        h, h, h,
+        sd[p + "attn.attn.in_proj_weight"], sd.get(p + "attn.attn.in_proj_bias"),
+        sd[p + "attn.attn.out_proj.weight"], sd.get(p + "attn.attn.out_proj.bias"),
+        num_heads,
+    )
+    h = _layer_norm(x, sd, p + "ln2", BACKBONE_LN_EPS)
+    h = F.gelu(_linear(h, sd, p + "ffn.layers.0.0"))
+    return x + _linear(h, sd, p + "ffn.layers.1")
+
+
+def official_backbone(
+    sd: StateDict, pixel_values: Tensor, *, num_heads: int, out_indices: Sequence[int]
+) -> List[Tensor]:
+    """mmseg ``VisionTransformer`` forward with SegViT's config, eval mode.
+
+    with_cls_token=False, output_cls_token=False, final_norm=False. Returns the outputs of the
+    layers whose 0-based index is *in* ``out_indices``, as (B, C, h, w) maps, in layer order (the
+    official loop appends while walking the layers, so the order of ``out_indices`` itself and
+    duplicates in it do not matter; negative entries never match).
+    """
+    num_layers = _count_indexed(sd, r"backbone\.layers\.(\d+)\.ln1\.weight")
+    tokens, hw = patch_embed(sd, pixel_values)
+    x = tokens + position_embedding_for_grid(sd, hw)
+    wanted = set(int(i) for i in out_indices)
+    features = []
+    for i in range(num_layers):
+        x = encoder_layer(x, sd, i, num_heads)
+        if i in wanted:
+            b, _, c = x.shape
+            features.append(x.reshape(b, hw[0], hw[1], c).permute(0, 3, 1, 2))
+    return features
+
+
+# --------------------------------------------------------------------------------------------
+# decode head: ATMHead (cascade of TPN decoders)
+# --------------------------------------------------------------------------------------------
+
+
+def atm_cross_attention(
+    queries: Tensor, memory: Tensor, sd: StateDict, prefix: str, num_heads: int
+) -> Tuple[Tensor, Tensor]:
+    """SegViT's custom cross ``Attention`` (batch-first inputs), eval mode.
+
+    Separate q/k/v Linear layers (with bias) and an output ``proj``. Per head the similarity is
+    S = (q k^T) * head_dim^-0.5. Returns (output, similarity): output = proj(softmax(S) v) with
+    heads concatenated (the 0.1 attention dropout is off in eval), and the *pre-softmax* S
+    averaged over the heads, (B, Nq, Nk).
+    """
+    q = _split_heads(_linear(queries, sd, prefix + ".q"), num_heads)
+    k = _split_heads(_linear(memory, sd, prefix + ".k"), num_heads)
+    v = _split_heads(_linear(memory, sd, prefix + ".v"), num_heads)
+    scale = (queries.shape[-1] // num_heads) ** -0.5
+    sim = (q @ k.transpose(-2, -1)) * scale
+    out = _merge_heads(torch.softmax(sim, dim=-1) @ v)
+    return _linear(out, sd, prefix + ".proj"), sim.mean(dim=1)
+
+
+def atm_decoder_layer(
+    queries: Tensor, memory: Tensor, sd: StateDict, prefix: str, num_heads: int
+) -> Tuple[Tensor, Tensor]:
+    """``TPN_DecoderLayer`` in eval mode: post-norm, batch-first here.
+
+    q = norm1(q + self_attn(q, q, q))           (nn.MultiheadAttention, fused in_proj, no masks,
+                                                 no positional embedding)
+    q = norm2(q + cross(q, memory))             (see :func:`atm_cross_attention`)
+    q = norm3(q + linear2(relu(linear1(q))))
+    All norms are torch-default LayerNorms (eps 1e-5). Returns (queries, head-averaged pre-softmax
+    cross similarity (B, Nq, L)).
+    """
+    p = prefix + "."
+    q = queries
+    q2 = fused_multihead_attention(
+        q, q, q,
+        sd[p + "self_attn.in_proj_weight"], sd.get(p + "self_attn.in_proj_bias"),
+        sd[p + "self_attn.out_proj.weight"], sd.get(p + "self_attn.out_proj.bias"),
+        num_heads,
+    )
+    q = _layer_norm(q + q2, sd, p + "norm1", HEAD_LN_EPS)
+    q2, sim = atm_cross_attention(q, memory, sd, p + "multihead_attn", num_heads)
+    q = _layer_norm(q + q2, sd, p + "norm2", HEAD_LN_EPS)
+    q2 = _linear(F.relu(_linear(q, sd, p + "linear1")), sd, p + "linear2")
+    q = _layer_norm(q + q2, sd, p + "norm3", HEAD_LN_EPS)
+    return q, sim
+
+
+def _similarity_to_grid(sim: Tensor) -> Tensor:
+    """ATMHead's (B, Nq, L) -> (B, Nq, h, w) with h = w = sqrt(L) (square token grid only).
+
+    Officially the similarity is transposed to (B, L, Nq) and reshaped as a square grid; when L is
+    odd the first token is discarded first (a CLS-token heuristic), which for a plain odd g x g
+    grid leaves a non-square count and the official reshape fails. We raise instead.
+    """
+    b, n, length = sim.shape
+    side = int(math.sqrt(length))
+    if length % 2 != 0 or side * side != length:
+        raise ValueError(
+            f"official ATMHead cannot reshape {length} tokens into a square grid "
+            "(needs an even, square token count)"
+        )
+    return sim.reshape(b, n, side, side)
+
+
+def official_head(
+    sd: StateDict,
+    features: Sequence[Tensor],
+    *,
+    decoder_num_heads: int,
+    image_size: Optional[int] = None,
+) -> Dict[str, object]:
+    """``ATMHead.forward`` (use_proj=True, crop_train=False), computed without dropout.
+
+    * Takes the first ``num_stages`` backbone outputs (layer order) and reverses them: stage 1
+      consumes the deepest. Each is flattened to tokens and projected: lateral_k =
+      proj_norm_k(input_proj_k(x)) (lateral_k is NOT summed with earlier laterals).
+    * The class query table (num_classes, d) is the initial query set for every image; the
+      queries are carried from one stage into the next (not reset per stage).
+    * Each stage runs its decoder layers; the stage's mask logits are the cross similarity of its
+      LAST layer, reshaped to the token grid.
+    * class logits per stage = class_embed(queries after that stage), (B, N, num_classes + 1).
+    * Accumulation: masks_1 = resize(sim_1), masks_k = masks_{k-1} + resize(sim_k), resize =
+      bilinear (align_corners=False) to the last stage's grid.
+    * pred_masks = bilinear resize of the last accumulated masks to (image_size, image_size),
+      where image_size is the head's configured crop size (not the input size).
+    * pred = einsum(softmax(class logits)[..., :-1], sigmoid(pred_masks)) -> (B, K, S, S).
+
+    Returns a dict with "pred_logits", "pred_masks", "pred" and "aux_outputs" (list of dicts with
+    the earlier stages' "pred_logits" and accumulated grid "pred_masks": the training outputs).
+    """
+    num_stages = _count_indexed(sd, r"decode_head\.input_proj_(\d+)\.weight")
+    num_dec_layers = _count_indexed(sd, r"decode_head\.decoder_1\.layers\.(\d+)\.norm1\.weight")
+    if len(features) < num_stages:
+        raise ValueError(f"head has {num_stages} stages but got {len(features)} features")
+    if image_size is None:
+        image_size = infer_crop_size(sd)
+    feats = [f.flatten(2).transpose(1, 2) if f.dim() == 4 else f for f in features[:num_stages]]
+    feats = feats[::-1]
+
+    class_queries = sd["decode_head.q.weight"]
+    batch = feats[0].shape[0]
+    q = class_queries.unsqueeze(0).expand(batch, -1, -1)
+
+    stage_logits: List[Tensor] = []
+    stage_masks: List[Tensor] = []
+    for k, x in enumerate(feats, start=1):
+        lateral = _layer_norm(
+            _linear(x, sd, f"decode_head.input_proj_{k}"), sd, f"decode_head.proj_norm_{k}",
+            HEAD_LN_EPS,
+        )
+        sim = None
+        for j in range(num_dec_layers):
+            q, sim = atm_decoder_layer(
+                q, lateral, sd, f"decode_head.decoder_{k}.layers.{j}", decoder_num_heads
+            )
+        stage_masks.append(_similarity_to_grid(sim))
+        stage_logits.append(_linear(q, sd, "decode_head.class_embed"))
+
+    grid = stage_masks[-1].shape[-2:]
+    accumulated: List[Tensor] = []
+    for m in stage_masks:
+        m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+        accumulated.append(m if not accumulated else accumulated[-1] + m)
+
+    pred_masks = F.interpolate(
+        accumulated[-1], size=(image_size, image_size), mode="bilinear", align_corners=False
+    )
+    pred_logits = stage_logits[-1]
+    class_probs = torch.softmax(pred_logits, dim=-1)[..., :-1]
+    pred = torch.einsum("bnc,bnhw->bchw", class_probs, pred_masks.sigmoid())
+    aux = [
+        {"pred_logits": lg, "pred_masks": ms}
+        for lg, ms in zip(stage_logits[:-1], accumulated[:-1])
+    ]
+    return {"pred_logits": pred_logits, "pred_masks": pred_masks, "pred": pred, "aux_outputs": aux}
+
+
+# --------------------------------------------------------------------------------------------
+# loss: ATMLoss + SetCriterion (single process)
+# --------------------------------------------------------------------------------------------
+
+
+def _present_classes(labels: Tensor, ignore_index: int, num_classes: int) -> List[Tensor]:
+    """``ATMLoss.prepare_targets``: per image the sorted unique label values except ignore."""
+    present = []
+    for lab in labels:
+        cls = torch.unique(lab)
+        cls = cls[cls != ignore_index]
+        if cls.numel() and (cls.min() < 0 or cls.max() >= num_classes):
+            raise ValueError(
+                f"label values {cls.tolist()} outside [0, {num_classes}) and not ignore_index "
+                "(the official criterion would index out of range)"
+            )
+        present.append(cls)
+    return present
+
+
+def _set_losses(
+    logits: Tensor,
+    masks: Tensor,
+    labels: Tensor,
+    present: List[Tensor],
+    num_masks: float,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """SetCriterion's three terms for one output (query i <-> class i, no matching).
+
+    * CE: every query gets target = its class if that class is present in the image, else the
+      no-object slot (index num_classes). ``F.cross_entropy`` with class weights (1 ... 1, 0.1),
+      reduction 'mean' -> sum(w_t * ce) / sum(w_t) over all B*N queries.
+    * Masks: for every present (image, class) pair, the query's mask logits are resized
+      bilinearly (align_corners=False) to the label size; target = (label == class) as float,
+      so ignored pixels are negatives. Sigmoid focal loss (alpha 0.25, gamma 2), mean over pixels,
+      summed over masks, / num_masks. Dice: 1 - (2*sum(p t) + 1) / (sum(p) + sum(t) + 1) per mask,
+      summed, / num_masks.
+    """
+    batch, n_queries, n_slots = logits.shape
+    num_classes = n_slots - 1
+    target_classes = torch.full((batch, n_queries), num_classes, dtype=torch.long,
+                                device=logits.device)
+    for b, cls in enumerate(present):
+        target_classes[b, cls] = cls
+    class_weight = torch.ones(n_slots, dtype=logits.dtype, device=logits.device)
+    class_weight[-1] = NO_OBJECT_WEIGHT
+    loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, weight=class_weight)
+
+    src, tgt = [], []
+    for b, cls in enumerate(present):
+        for c in cls.tolist():
+            src.append(masks[b, c])
+            tgt.append(labels[b] == c)
+    if not src:
+        zero = logits.sum() * 0.0 + masks.sum() * 0.0
+        return loss_ce, zero, zero
+    src_masks = torch.stack(src)[:, None]
+    src_masks = F.interpolate(src_masks, size=labels.shape[-2:], mode="bilinear",
+                              align_corners=False)[:, 0].flatten(1)
+    tgt_masks = torch.stack(tgt).to(src_masks.dtype).flatten(1)
+
+    prob = src_masks.sigmoid()
+    bce = F.binary_cross_entropy_with_logits(src_masks, tgt_masks, reduction="none")
+    p_t = prob * tgt_masks + (1 - prob) * (1 - tgt_masks)
+    alpha_t = FOCAL_ALPHA * tgt_masks + (1 - FOCAL_ALPHA) * (1 - tgt_masks)
+    focal = (alpha_t * bce * (1 - p_t) ** FOCAL_GAMMA).mean(1).sum() / num_masks
+
+    numerator = 2 * (prob * tgt_masks).sum(-1)
+    denominator = prob.sum(-1) + tgt_masks.sum(-1)
+    dice = (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+    return loss_ce, focal, dice
+
+
+def official_atm_loss(
+    outputs: Dict[str, object],
+    labels: Tensor,
+    *,
+    ignore_index: int = 255,
+    return_terms: bool = False,
+):
+    """Total ATM loss as mmseg would sum it: every key containing 'loss' added up.
+
+    The final output uses the crop-size ``pred_masks`` (resized to the label size, an identity
+    when labels are crop-sized); the auxiliary outputs use the accumulated token-grid masks of the
+    earlier stages resized straight to the label size, with the earlier stages' class logits.
+    num_masks = number of present classes over the whole batch, clamped at 1 (single process,
+    no all-reduce), shared by all stages. Each stage contributes 1*CE + 20*focal + 1*dice.
+    With ``return_terms`` also returns a dict of the weighted terms keyed like the official
+    (loss_ce, loss_mask, loss_dice, loss_ce_0, ...).
+    """
+    pred_logits: Tensor = outputs["pred_logits"]  # type: ignore[assignment]
+    num_classes = pred_logits.shape[-1] - 1
+    labels = labels.long()
+    if labels.dim() == 4:
+        labels = labels.squeeze(1)
+    present = _present_classes(labels, ignore_index, num_classes)
+    num_masks = max(float(sum(int(c.numel()) for c in present)), 1.0)
+
+    stages = [("", outputs)] + [
+        (f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))  # type: ignore
+    ]
+    terms: Dict[str, Tensor] = {}
+    for suffix, out in stages:
+        ce, focal, dice = _set_losses(out["pred_logits"], out["pred_masks"], labels, present,
+                                      num_masks)
+        terms["loss_ce" + suffix] = CE_WEIGHT * ce
+        terms["loss_mask" + suffix] = FOCAL_WEIGHT * focal
+        terms["loss_dice" + suffix] = DICE_WEIGHT * dice
+    total = sum(terms.values())
+    return (total, terms) if return_terms else total
+
+
+# --------------------------------------------------------------------------------------------
+# the whole model
+# --------------------------------------------------------------------------------------------
+
+
+def infer_crop_size(sd: StateDict) -> int:
+    """Crop size = (stored position grid side) * patch size (the table is stored at the crop)."""
+    n_grid = sd["backbone.pos_embed"].shape[1] - 1
+    g = int(round(math.sqrt(n_grid)))
+    if g * g != n_grid:
+        raise ValueError(f"pos_embed grid of {n_grid} tokens is not square")
+    return g * sd["backbone.patch_embed.projection.weight"].shape[-1]
+
+
+def official_forward(state_dict, pixel_values, *, num_heads, decoder_num_heads, out_indices,
+                     labels=None, ignore_index=255, num_classes=None):
+    """returns (pred, loss): pred = the official decode head's `pred` (B, num_classes, S, S) for a
+    square input of S = crop size (S x S, S divisible by 16), in eval mode (no dropout, no drop path);
+    loss = float tensor, the total ATM loss (sum over stages of 1*CE + 20*focal + 1*dice, see SPEC.md)
+    when labels (B, S, S) int64 are given, else None.
+
+    All sizes (depth, widths, class count, stages, decoder layers, crop) are read from the state
+    dict; ``num_classes``, when given, is only checked against ``decode_head.q.weight``. The
+    state dict is used in ``pixel_values``' dtype and device (so float64 runs are possible).
+    Keys not used by the model (e.g. ``decode_head.loss_decode.criterion.empty_weight``) are
+    ignored.
+    """
+    sd = {k: v.to(device=pixel_values.device, dtype=pixel_values.dtype)
+          if torch.is_floating_point(v) else v
+          for k, v in state_dict.items()}
+    k_classes = sd["decode_head.q.weight"].shape[0]
+    if num_classes is not None and num_classes != k_classes:
+        raise ValueError(f"num_classes={num_classes} but the state dict has {k_classes} queries")
+    crop = infer_crop_size(sd)
+    features = official_backbone(sd, pixel_values, num_heads=num_heads, out_indices=out_indices)
+    outputs = official_head(sd, features, decoder_num_heads=decoder_num_heads, image_size=crop)
+    loss = None
+    if labels is not None:
+        loss = official_atm_loss(outputs, labels.to(pixel_values.device),
+                                 ignore_index=ignore_index)
+    return outputs["pred"], loss
+
+
+# --------------------------------------------------------------------------------------------
+# random checkpoints in the official layout
+# --------------------------------------------------------------------------------------------
+
+
+def make_random_official_state_dict(*, hidden_size, num_layers, num_heads, decoder_dim,
+                                    decoder_num_heads, num_classes, crop, num_stages, seed,
+                                    decoder_layers=3, patch_size=16, mlp_ratio=4,
+                                    with_loss_buffer=False):
+    """A random state dict with exactly the official key layout and shapes.
+
+    Scales are chosen so that every parameter visibly matters: Linear/conv weights ~ N(0, 1/fan_in)
+    (activations stay O(1)), Linear biases ~ N(0, 0.05^2), LayerNorm weights ~ 1 + N(0, 0.1^2) and
+    biases ~ N(0, 0.1^2), position table ~ N(0, 0.2^2) (CLS slot included), cls token ~
+    N(0, 0.02^2), class query table ~ N(0, 1). ``num_heads`` / ``decoder_num_heads`` are only
+    checked for divisibility (the layout does not depend on them). ``with_loss_buffer`` adds
+    ``decode_head.loss_decode.criterion.empty_weight`` as found in released checkpoints.
+    """
+    if hidden_size % num_heads or decoder_dim % decoder_num_heads:
+        raise ValueError("widths must be divisible by the head counts")
+    if crop % patch_size:
+        raise ValueError("crop must be a multiple of the patch size")
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def randn(*shape, std=1.0, mean=0.0):
+        return torch.randn(*shape, generator=gen) * std + mean
+
+    sd: StateDict = {}
+
+    def linear(prefix, n_out, n_in):
+        sd[prefix + ".weight"] = randn(n_out, n_in, std=n_in ** -0.5)
+        sd[prefix + ".bias"] = randn(n_out, std=0.05)
+
+    def norm(prefix, n):
+        sd[prefix + ".weight"] = randn(n, std=0.1, mean=1.0)
+        sd[prefix + ".bias"] = randn(n, std=0.1)
+
+    c, d, g = hidden_size, decoder_dim, crop // patch_size
+    fan_in = 3 * patch_size * patch_size
+    sd["backbone.patch_embed.projection.weight"] = randn(c, 3, patch_size, patch_size,
+                                                         std=fan_in ** -0.5)
+    sd["backbone.patch_embed.projection.bias"] = randn(c, std=0.05)
+    sd["backbone.cls_token"] = randn(1, 1, c, std=0.02)
+    sd["backbone.pos_embed"] = randn(1, 1 + g * g, c, std=0.2)
+    for i in range(num_layers):
+        p = f"backbone.layers.{i}."
+        norm(p + "ln1", c)
+        sd[p + "attn.attn.in_proj_weight"] = randn(3 * c, c, std=c ** -0.5)
+        sd[p + "attn.attn.in_proj_bias"] = randn(3 * c, std=0.05)
+        linear(p + "attn.attn.out_proj", c, c)
+        norm(p + "ln2", c)
+        linear(p + "ffn.layers.0.0", mlp_ratio * c, c)
+        linear(p + "ffn.layers.1", c, mlp_ratio * c)
+
+    for k in range(1, num_stages + 1):
+        linear(f"decode_head.input_proj_{k}", d, c)
+        norm(f"decode_head.proj_norm_{k}", d)
+        for j in range(decoder_layers):
+            p = f"decode_head.decoder_{k}.layers.{j}."
+            sd[p + "self_attn.in_proj_weight"] = randn(3 * d, d, std=d ** -0.5)
+            sd[p + "self_attn.in_proj_bias"] = randn(3 * d, std=0.05)
+            linear(p + "self_attn.out_proj", d, d)
+            for name in ("q", "k", "v", "proj"):
+                linear(p + "multihead_attn." + name, d, d)
+            linear(p + "linear1", 4 * d, d)
+            linear(p + "linear2", d, 4 * d)
+            for name in ("norm1", "norm2", "norm3"):
+                norm(p + name, d)
+    sd["decode_head.q.weight"] = randn(num_classes, d)
+    linear("decode_head.class_embed", num_classes + 1, d)
+    if with_loss_buffer:
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = NO_OBJECT_WEIGHT
+        sd["decode_head.loss_decode.criterion.empty_weight"] = empty_weight
+    return sd

@@ -1,0 +1,136 @@
+"""Official checkpoints -> SegViTForSemanticSegmentation: parity with the official semantics, and errors.
+
+`official_reference.py` restates what the official code computes, directly on a state dict in the official key
+layout; a random checkpoint in that layout is converted and both are compared.
+"""
+
+import pytest
+import torch
+
+from official_reference import make_random_official_state_dict, official_forward
+from segvit_hf import SegViTForSemanticSegmentation
+from segvit_hf.conversion import CheckpointConversionError, convert_official_checkpoint, main
+
+TINY = dict(hidden_size=64, num_layers=4, num_heads=4, decoder_dim=32, decoder_num_heads=4, num_classes=7, crop=64)
+
+
+def _official_checkpoint(num_stages=3, seed=0, **overrides):
+    return make_random_official_state_dict(**{**TINY, **overrides}, num_stages=num_stages, seed=seed)
+
+
+def _labels(batch, size, num_classes, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (batch, size, size), generator=generator)
+    labels[:, : size // 4, : size // 3] = 255
+    labels[0, -8:, :] = 3  # a class region larger than a patch
+    return labels
+
+
+@pytest.mark.parametrize("out_indices", [[1, 2, 3], [3], [0, 3]])
+def test_parity_with_the_official_semantics(out_indices):
+    state_dict = _official_checkpoint(num_stages=len(out_indices))
+    model = convert_official_checkpoint(
+        state_dict, num_attention_heads=4, decoder_num_attention_heads=4, out_indices=out_indices, image_size=64
+    )
+    assert not model.training
+    pixel_values = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    labels = _labels(2, 64, TINY["num_classes"])
+
+    expected_pred, expected_loss = official_forward(
+        state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=out_indices, labels=labels
+    )
+    outputs = model(pixel_values, labels=labels)
+    torch.testing.assert_close(outputs.logits, expected_pred, atol=1e-4, rtol=0)
+    torch.testing.assert_close(outputs.loss, expected_loss, rtol=1e-4, atol=0)
+
+
+def test_parity_in_float64_is_tight():
+    """Same arithmetic, so in double precision the two agree to rounding, not just to the 1e-4 bar."""
+    state_dict = {k: v.double() for k, v in _official_checkpoint(seed=3).items()}
+    model = convert_official_checkpoint(
+        state_dict, num_attention_heads=4, decoder_num_attention_heads=4, out_indices=[1, 2, 3], image_size=64
+    ).double()
+    pixel_values = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    labels = _labels(1, 64, TINY["num_classes"])
+    expected_pred, expected_loss = official_forward(
+        state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=[1, 2, 3], labels=labels
+    )
+    outputs = model(pixel_values, labels=labels)
+    torch.testing.assert_close(outputs.logits, expected_pred, atol=1e-10, rtol=0)
+    torch.testing.assert_close(outputs.loss, expected_loss, atol=1e-10, rtol=1e-10)
+
+
+def test_checkpoint_file_with_meta_and_loss_buffer_through_the_cli(tmp_path):
+    state_dict = _official_checkpoint(with_loss_buffer=True)
+    path = tmp_path / "ade_tiny.pth"
+    torch.save({"meta": {"CLASSES": tuple(f"c{i}" for i in range(7)), "iter": 160000}, "state_dict": state_dict}, path)
+    main([str(path), str(tmp_path / "converted"), "--num-attention-heads", "4", "--decoder-num-attention-heads", "4",
+          "--out-indices", "1", "2", "3", "--image-size", "64"])
+    assert (tmp_path / "converted" / "model.safetensors").is_file()
+    model = SegViTForSemanticSegmentation.from_pretrained(tmp_path / "converted").eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    expected_pred, _ = official_forward(state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=[1, 2, 3])
+    torch.testing.assert_close(model(pixel_values).logits, expected_pred, atol=1e-4, rtol=0)
+
+
+def test_preset_supplies_architecture_and_labels():
+    """A ViT-B-shaped checkpoint with the preset's 150 classes gets the ADE20K names and heads from the preset."""
+    state_dict = _official_checkpoint(hidden_size=48, num_heads=4, decoder_dim=24, decoder_num_heads=4, num_classes=150,
+                                      crop=512, num_layers=12)
+    model = convert_official_checkpoint(state_dict, preset="ade20k-vit-b", num_attention_heads=4, decoder_num_attention_heads=4)
+    assert model.config.out_indices == [5, 7, 11]
+    assert model.config.id2label[0] == "wall" and model.config.num_labels == 150
+    assert model.config.encoder_config.image_size == 512
+
+
+def test_unknown_keys_are_named():
+    state_dict = _official_checkpoint()
+    state_dict["decode_head.conv_seg.weight"] = torch.zeros(7, 32, 1, 1)
+    with pytest.raises(CheckpointConversionError, match="decode_head.conv_seg.weight"):
+        convert_official_checkpoint(state_dict, num_attention_heads=4, decoder_num_attention_heads=4,
+                                    out_indices=[1, 2, 3], image_size=64)
+
+
+def test_missing_keys_are_named():
+    state_dict = _official_checkpoint()
+    del state_dict["decode_head.decoder_2.layers.1.norm3.bias"]
+    with pytest.raises(CheckpointConversionError, match=r"decode_head\.stages\.1\.layers\.1\.mlp_norm\.bias"):
+        convert_official_checkpoint(state_dict, num_attention_heads=4, decoder_num_attention_heads=4,
+                                    out_indices=[1, 2, 3], image_size=64)
+
+
+def test_arguments_that_contradict_the_tensors():
+    state_dict = _official_checkpoint()
+    common = dict(num_attention_heads=4, decoder_num_attention_heads=4)
+    with pytest.raises(CheckpointConversionError, match="3 ATM stages but 2 out_indices"):
+        convert_official_checkpoint(state_dict, out_indices=[2, 3], image_size=64, **common)
+    with pytest.raises(CheckpointConversionError, match="image_size 128 does not match"):
+        convert_official_checkpoint(state_dict, out_indices=[1, 2, 3], image_size=128, **common)
+    with pytest.raises(CheckpointConversionError, match="`out_indices` is needed"):
+        convert_official_checkpoint(state_dict, image_size=64, **common)
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointConversionError, match="Could not read"):
+        convert_official_checkpoint(corrupt, preset="ade20k-vit-b")
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointConversionError, match="not an official SegViT checkpoint"):
+        convert_official_checkpoint(foreign, preset="ade20k-vit-b")
+    with pytest.raises(FileNotFoundError):
+        convert_official_checkpoint(tmp_path / "absent.pth", preset="ade20k-vit-b")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    """weights_only loading: a checkpoint carrying arbitrary Python objects is rejected, never executed."""
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _official_checkpoint(), "meta": {"hook": _Arbitrary()}}, path)
+    with pytest.raises(CheckpointConversionError, match="weights_only=True"):
+        convert_official_checkpoint(path, num_attention_heads=4, decoder_num_attention_heads=4, out_indices=[1, 2, 3],
+                                    image_size=64)
+
+
+class _Arbitrary:
+    pass
