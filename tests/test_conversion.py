@@ -102,7 +102,7 @@ def test_missing_keys_are_named():
 def test_arguments_that_contradict_the_tensors():
     state_dict = _official_checkpoint()
     common = dict(num_attention_heads=4, decoder_num_attention_heads=4)
-    with pytest.raises(CheckpointConversionError, match="3 ATM stages but 2 out_indices"):
+    with pytest.raises(CheckpointConversionError, match="reads 3 encoder features but 2 out_indices"):
         convert_official_checkpoint(state_dict, out_indices=[2, 3], image_size=64, **common)
     with pytest.raises(CheckpointConversionError, match="image_size 128 does not match"):
         convert_official_checkpoint(state_dict, out_indices=[1, 2, 3], image_size=128, **common)

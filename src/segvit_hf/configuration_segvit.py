@@ -65,8 +65,14 @@ class SegViTConfig(PreTrainedConfig):
         ignore_index (`int`, *optional*, defaults to 255):
             Label value of pixels without a class.
         shrink_index (`int`, *optional*):
-            Encoder layer at which query-based down-sampling (QD) halves the token grid (the *Shrunk* variant).
-            `None` for the plain model.
+            Encoder layer at which query-based down-sampling (QD) halves the token grid: that layer's queries are the
+            2x2 nearest down-sampled tokens, its keys and values all tokens, and later layers run at 1/32. `None` for
+            the plain model.
+        query_upsampling (`bool`, *optional*, defaults to `False`):
+            The *Shrunk* decoder: learnable queries on the 1/16 grid (QU) attend first to the shallow, then to the
+            deep one of the two `out_indices` features through standard transformer decoder layers, and a single
+            ATM stage over their output predicts, each of its layers giving class and mask logits. `False`: the
+            cascade of ATM stages, one per `out_indices` entry.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated-normal initialisation of linear layers.
 
@@ -100,6 +106,7 @@ class SegViTConfig(PreTrainedConfig):
         focal_gamma: float = 2.0,
         ignore_index: int = 255,
         shrink_index: int | None = None,
+        query_upsampling: bool = False,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
@@ -124,6 +131,7 @@ class SegViTConfig(PreTrainedConfig):
         self.focal_gamma = focal_gamma
         self.ignore_index = ignore_index
         self.shrink_index = shrink_index
+        self.query_upsampling = query_upsampling
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self._validate()
@@ -154,6 +162,16 @@ class SegViTConfig(PreTrainedConfig):
             raise ValueError(f"`decoder_layers_per_stage` must be at least 1, got {self.decoder_layers_per_stage}.")
         if self.shrink_index is not None and not 0 < self.shrink_index < depth:
             raise ValueError(f"`shrink_index` must be in (0, {depth}) or None, got {self.shrink_index}.")
+        if self.query_upsampling and len(self.out_indices) != 2:
+            raise ValueError(
+                "`query_upsampling` needs exactly two `out_indices` (a shallow 1/16 feature and the deep one), got "
+                f"{self.out_indices}."
+            )
+        if self.query_upsampling and self.shrink_index is not None and self.out_indices[0] >= self.shrink_index:
+            raise ValueError(
+                f"With query up-sampling the first out_index ({self.out_indices[0]}) must precede `shrink_index` "
+                f"({self.shrink_index}): the queries live on the 1/16 grid of the early feature."
+            )
         for size in _as_pair(encoder.image_size):
             if size % _as_pair(encoder.patch_size)[0]:
                 raise ValueError(
@@ -162,8 +180,8 @@ class SegViTConfig(PreTrainedConfig):
 
     @property
     def num_stages(self) -> int:
-        """Number of ATM stages: one per selected encoder layer."""
-        return len(self.out_indices)
+        """Number of ATM stages: one per selected encoder layer, or a single one after query up-sampling."""
+        return 1 if self.query_upsampling else len(self.out_indices)
 
     @classmethod
     def from_preset(cls, name: str, *, with_background: bool = False, **kwargs: Any) -> "SegViTConfig":
@@ -191,6 +209,7 @@ class SegViTConfig(PreTrainedConfig):
             "decoder_num_attention_heads": preset.decoder_num_attention_heads,
             "drop_path_rate": preset.drop_path_rate,
             "shrink_index": preset.shrink_index,
+            "query_upsampling": preset.shrink_index is not None,
             "id2label": id2label,
             "label2id": {label: i for i, label in id2label.items()},
         }

@@ -25,8 +25,12 @@ from .modeling_segvit import SegViTForSemanticSegmentation
 from .presets import PRESETS, get_preset
 
 # Official keys that hold nothing our model needs: the CLS token never reaches the patch tokens (its position slot
-# is dropped too), and the loss's class-weight buffer is rebuilt from the configuration.
-_UNUSED_OFFICIAL_KEYS = ("backbone.cls_token", "decode_head.loss_decode.criterion.empty_weight")
+# is dropped too), and the losses' class-weight buffers are rebuilt from the configuration.
+_UNUSED_OFFICIAL_KEYS = (
+    "backbone.cls_token",
+    "decode_head.loss_decode.criterion.empty_weight",
+    "decode_head.atm.loss_decode.criterion.empty_weight",
+)
 
 # (official pattern, our name); `{i}`, `{k}`, `{j}` stand for layer, stage and decoder-layer numbers.
 _BACKBONE_RULES = [
@@ -96,12 +100,19 @@ def _require(state_dict: Mapping, key: str) -> torch.Tensor:
     return state_dict[key]
 
 
+def is_shrunk_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the head is the *Shrunk* model's `TPNATMHead` (QU decoders plus an inner `atm` head)."""
+    return "decode_head.atm.q.weight" in state_dict
+
+
 def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Widths, depths, patch size, position grid and class count, read from the official tensors."""
+    """Widths, depths, patch size, position grid, class count and head type, read from the official tensors."""
     keys = list(state_dict)
+    shrunk = is_shrunk_checkpoint(state_dict)
+    atm_prefix = "decode_head.atm." if shrunk else "decode_head."
     projection = _require(state_dict, "backbone.patch_embed.projection.weight")
     position = _require(state_dict, "backbone.pos_embed")
-    class_queries = _require(state_dict, "decode_head.q.weight")
+    class_queries = _require(state_dict, atm_prefix + "q.weight")
     grid_side = math.isqrt(position.shape[1] - 1)
     if grid_side * grid_side != position.shape[1] - 1:
         raise CheckpointConversionError(
@@ -116,28 +127,59 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
         "position_grid": grid_side,
         "num_labels": class_queries.shape[0],
         "decoder_hidden_size": class_queries.shape[1],
-        "num_stages": _count(r"decode_head\.input_proj_(\d+)\..*", keys) - 1,
-        "decoder_layers_per_stage": _count(r"decode_head\.decoder_1\.layers\.(\d+)\..*", keys),
+        "num_features": _count(r"decode_head\.input_proj_(\d+)\..*", keys) - 1,
+        "decoder_layers_per_stage": _count(re.escape(atm_prefix) + r"decoder_1\.layers\.(\d+)\..*", keys),
+        "query_upsampling": shrunk,
     }
 
 
-def _rename(official_key: str) -> str | None:
+def _rename_backbone(key: str) -> str | None:
     for pattern, replacement in _BACKBONE_RULES:
-        if re.fullmatch(pattern, official_key):
-            return re.sub(pattern, replacement, official_key)
-    if match := re.fullmatch(r"decode_head\.input_proj_(\d+)\.(weight|bias)", official_key):
-        return f"decode_head.stages.{int(match.group(1)) - 1}.lateral_proj.{match.group(2)}"
-    if match := re.fullmatch(r"decode_head\.proj_norm_(\d+)\.(weight|bias)", official_key):
-        return f"decode_head.stages.{int(match.group(1)) - 1}.lateral_norm.{match.group(2)}"
-    if match := re.fullmatch(r"decode_head\.decoder_(\d+)\.layers\.(\d+)\.(.+)", official_key):
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return None
+
+
+def _rename_atm_layer(rest: str, prefix: str) -> str | None:
+    for pattern, replacement in _ATM_LAYER_RULES:
+        if re.fullmatch(pattern, rest):
+            return prefix + re.sub(pattern, replacement, rest)
+    return None
+
+
+def _rename_cascade_head(key: str) -> str | None:
+    """`ATMHead`: stage k's lateral and ATM layers, the class queries and the class head."""
+    if match := re.fullmatch(r"decode_head\.input_proj_(\d+)\.(weight|bias)", key):
+        return f"decode_head.stages.{int(match.group(1)) - 1}.lateral.proj.{match.group(2)}"
+    if match := re.fullmatch(r"decode_head\.proj_norm_(\d+)\.(weight|bias)", key):
+        return f"decode_head.stages.{int(match.group(1)) - 1}.lateral.norm.{match.group(2)}"
+    if match := re.fullmatch(r"decode_head\.decoder_(\d+)\.layers\.(\d+)\.(.+)", key):
         stage, layer, rest = int(match.group(1)) - 1, match.group(2), match.group(3)
-        for pattern, replacement in _ATM_LAYER_RULES:
-            if re.fullmatch(pattern, rest):
-                return f"decode_head.stages.{stage}.layers.{layer}.{re.sub(pattern, replacement, rest)}"
-        return None
-    return {"decode_head.q.weight": "decode_head.class_queries.weight",
-            "decode_head.class_embed.weight": "decode_head.class_head.weight",
-            "decode_head.class_embed.bias": "decode_head.class_head.bias"}.get(official_key)
+        return _rename_atm_layer(rest, f"decode_head.stages.{stage}.layers.{layer}.")
+    return {
+        "decode_head.q.weight": "decode_head.class_queries.weight",
+        "decode_head.class_embed.weight": "decode_head.class_head.weight",
+        "decode_head.class_embed.bias": "decode_head.class_head.bias",
+    }.get(key)
+
+
+def _rename_shrunk_head(key: str) -> str | None:
+    """`TPNATMHead`: QU laterals, QU decoder layers (torch's own layer names), QU queries, and the inner `atm`."""
+    if match := re.fullmatch(r"decode_head\.input_proj_(\d+)\.(weight|bias)", key):
+        return f"decode_head.query_upsampler.laterals.{int(match.group(1)) - 1}.proj.{match.group(2)}"
+    if match := re.fullmatch(r"decode_head\.proj_norm_(\d+)\.(weight|bias)", key):
+        return f"decode_head.query_upsampler.laterals.{int(match.group(1)) - 1}.norm.{match.group(2)}"
+    if match := re.fullmatch(r"decode_head\.decoder_(\d+)\.layers\.(\d+)\.(.+)", key):
+        stage, layer, rest = int(match.group(1)) - 1, match.group(2), match.group(3)
+        return f"decode_head.query_upsampler.decoders.{stage}.{layer}.{rest}"
+    if match := re.fullmatch(r"decode_head\.atm\.decoder_1\.layers\.(\d+)\.(.+)", key):
+        return _rename_atm_layer(match.group(2), f"decode_head.stages.0.layers.{match.group(1)}.")
+    return {
+        "decode_head.q.weight": "decode_head.query_upsampler.queries.weight",
+        "decode_head.atm.q.weight": "decode_head.class_queries.weight",
+        "decode_head.atm.class_embed.weight": "decode_head.class_head.weight",
+        "decode_head.atm.class_embed.bias": "decode_head.class_head.bias",
+    }.get(key)
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,6 +187,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
     Official tensors -> our parameter names. The fused q/k/v of the encoder attention are split, and the CLS slot of
     the position table is dropped. Keys that fit no rule raise a [`CheckpointConversionError`] naming them.
     """
+    rename_head = _rename_shrunk_head if is_shrunk_checkpoint(state_dict) else _rename_cascade_head
     converted, unknown = {}, []
     for key, tensor in state_dict.items():
         if key in _UNUSED_OFFICIAL_KEYS:
@@ -155,7 +198,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
             layer, kind = match.groups()
             for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
                 converted[f"segvit.layers.{layer}.attention.{name}.{kind}"] = part
-        elif (name := _rename(key)) is not None:
+        elif (name := _rename_backbone(key) or rename_head(key)) is not None:
             converted[name] = tensor
         else:
             unknown.append(key)
@@ -212,10 +255,15 @@ def convert_official_checkpoint(
             f"image_size {image_size} does not match the checkpoint's position grid "
             f"({arch['position_grid']} x {arch['position_grid']} patches of {arch['patch_size']} pixels)."
         )
-    if len(out_indices) != arch["num_stages"]:
+    if len(out_indices) != arch["num_features"]:
         raise CheckpointConversionError(
-            f"The checkpoint has {arch['num_stages']} ATM stages but {len(out_indices)} out_indices were given "
-            f"({out_indices})."
+            f"The checkpoint's head reads {arch['num_features']} encoder features but {len(out_indices)} "
+            f"out_indices were given ({out_indices})."
+        )
+    if arch["query_upsampling"] and shrink_index is None:
+        raise CheckpointConversionError(
+            "This is a Shrunk SegViT checkpoint (TPNATMHead): pass `shrink_index` (8 for the released ViT-L models) "
+            "or a shrunk preset."
         )
     if id2label is None and chosen is not None:
         # PASCAL-Context exists with 59 classes (as released) and with 60 (background first): the tensors decide.
@@ -246,6 +294,7 @@ def convert_official_checkpoint(
         decoder_layers_per_stage=arch["decoder_layers_per_stage"],
         drop_path_rate=chosen.drop_path_rate if chosen is not None else 0.1,
         shrink_index=shrink_index,
+        query_upsampling=arch["query_upsampling"],
         id2label=dict(id2label),
         label2id={label: int(i) for i, label in id2label.items()},
     )

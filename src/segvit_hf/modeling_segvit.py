@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.models.vit.modeling_vit import ViTLayer, ViTPatchEmbeddings
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.vit.modeling_vit import ViTLayer, ViTPatchEmbeddings, eager_attention_forward
 from transformers.utils import ModelOutput
 
 from .configuration_segvit import SegViTConfig, _as_pair
@@ -27,7 +28,8 @@ class SegViTModelOutput(ModelOutput):
         feature_maps (`tuple(torch.FloatTensor)`):
             One map per `config.out_indices` entry, shallow to deep, each of shape
             `(batch_size, hidden_size, grid_height, grid_width)` where the grid is the input size divided by the patch
-            size, rounded up (inputs are zero-padded at the bottom and right to a multiple of the patch size).
+            size, rounded up (inputs are zero-padded at the bottom and right to a multiple of the patch size). Layers
+            after query down-sampling (`config.shrink_index`) have the halved grid, `ceil(grid / 2)`.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
             Embedding output and each layer's output, each `(batch_size, grid_height * grid_width, hidden_size)`.
         attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
@@ -55,10 +57,12 @@ class SegViTSemanticSegmenterOutput(ModelOutput):
         class_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, num_labels + 1)`):
             Class logits of each class query after the last stage; the last column is "no object".
         masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, grid_height, grid_width)`):
-            Mask logits of each class query on the token grid, accumulated over the stages.
+            Mask logits of each class query on the token grid (1/16 of the input; 1/32 when the last feature comes
+            after query down-sampling without query up-sampling), accumulated over the cascade's stages.
         auxiliary_logits (`list[dict[str, torch.FloatTensor]]`):
-            The earlier stages' `class_queries_logits` and `masks_queries_logits` (accumulated up to that stage),
-            first stage first. They are supervised by the loss too.
+            The other supervised outputs, first first, each with `class_queries_logits` and `masks_queries_logits`:
+            the earlier cascade stages (masks accumulated up to that stage), or for the *Shrunk* model the first ATM
+            layers after query up-sampling. The loss supervises them too.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
             Encoder hidden states, see [`SegViTModelOutput`].
         attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
@@ -139,25 +143,75 @@ class SegViTDropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
-class SegViTLayer(ViTLayer):
-    """transformers' pre-norm ViT layer (same weights and names) with stochastic depth on both residual branches."""
+def downsample_token_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """
+    2x2 nearest down-sampling of `(batch, grid_h * grid_w, dim)` tokens: keeps even rows and columns (the top-left
+    token of each 2x2 cell). Odd grids keep their last row/column, giving `(ceil(grid_h / 2), ceil(grid_w / 2))`.
+    """
+    kept = tokens.unflatten(1, grid)[:, ::2, ::2]
+    return kept.flatten(1, 2), (kept.shape[1], kept.shape[2])
 
-    def __init__(self, config, drop_path_rate: float = 0.0):
+
+class SegViTLayer(ViTLayer):
+    """
+    transformers' pre-norm ViT layer (same weights and names) with stochastic depth on both residual branches.
+
+    With `downsample_queries=True` it is the *Shrunk* model's query-based down-sampling (QD) layer: the attention's
+    queries (and the residual) are the 2x2 nearest down-sampled tokens while keys and values are all tokens, so the
+    output lives on the halved grid and the pretrained weights are used unchanged.
+    """
+
+    def __init__(self, config, drop_path_rate: float = 0.0, downsample_queries: bool = False):
         super().__init__(config)
         self.drop_path = SegViTDropPath(drop_path_rate)
+        self.downsample_queries = downsample_queries
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, attention_weights = self.attention(self.layernorm_before(hidden_states), None, **kwargs)
-        hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
+    def _attend_from_downsampled_queries(self, queries: torch.Tensor, tokens: torch.Tensor, **kwargs):
+        attention = self.attention
+        batch_size = queries.shape[0]
+        query = attention.q_proj(queries).view(batch_size, queries.shape[1], -1, attention.head_dim).transpose(1, 2)
+        key = attention.k_proj(tokens).view(batch_size, tokens.shape[1], -1, attention.head_dim).transpose(1, 2)
+        value = attention.v_proj(tokens).view(batch_size, tokens.shape[1], -1, attention.head_dim).transpose(1, 2)
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            attention.config._attn_implementation, eager_attention_forward
+        )
+        attended, weights = attention_interface(
+            attention,
+            query,
+            key,
+            value,
+            None,
+            dropout=attention.attention_dropout if self.training else 0.0,
+            scaling=attention.scaling,
+            **kwargs,
+        )
+        return attention.o_proj(attended.reshape(batch_size, queries.shape[1], -1)), weights
+
+    def forward(
+        self, hidden_states: torch.Tensor, grid: tuple[int, int], **kwargs
+    ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
+        """
+        Args:
+            hidden_states: `(batch, grid_h * grid_w, hidden_size)` tokens.
+            grid: their `(grid_h, grid_w)`.
+        Returns:
+            The new tokens, their grid (halved by a QD layer) and the attention weights (eager attention only).
+        """
+        normed = self.layernorm_before(hidden_states)
+        if self.downsample_queries:
+            residual, out_grid = downsample_token_grid(hidden_states, grid)
+            queries, _ = downsample_token_grid(normed, grid)
+            attention_output, attention_weights = self._attend_from_downsampled_queries(queries, normed, **kwargs)
+        else:
+            residual, out_grid = hidden_states, grid
+            attention_output, attention_weights = self.attention(normed, None, **kwargs)
+        hidden_states = residual + self.drop_path(self.dropout(attention_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))
-        return hidden_states, attention_weights
+        return hidden_states, out_grid, attention_weights
 
 
-# Spelled `torch.nn.Module`: transformers only lets a model switch its encoder's attention implementation when
-# every `*Attention(nn.Module)` class in the file dispatches through its AttentionInterface, and this one must
-# compute the pre-softmax similarity itself.
-class SegViTATMCrossAttention(torch.nn.Module):
+class SegViTATMCrossAttention(nn.Module):
     """
     Cross-attention from class queries to image tokens that also returns the ATM mask: the scaled query-key
     similarity *before* softmax, averaged over heads.
@@ -227,47 +281,118 @@ class SegViTATMLayer(nn.Module):
         return queries, mask_logits
 
 
-class SegViTATMStage(nn.Module):
-    """
-    One stage of the cascade: projects one encoder layer's tokens to the decoder width ("lateral": Linear then
-    LayerNorm) and runs the ATM layers over them. The stage's mask is its last layer's similarity map.
-    """
+class SegViTLateral(nn.Module):
+    """An encoder feature map brought to the decoder width: Linear then LayerNorm on its tokens."""
 
     def __init__(self, config: SegViTConfig):
         super().__init__()
+        self.proj = nn.Linear(config.encoder_config.hidden_size, config.decoder_hidden_size)
+        self.norm = nn.LayerNorm(config.decoder_hidden_size)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """`(batch, hidden_size, grid_h, grid_w)` -> tokens `(batch, grid_h * grid_w, decoder_hidden_size)`."""
+        return self.norm(self.proj(feature_map.flatten(2).transpose(1, 2)))
+
+
+class SegViTATMStage(nn.Module):
+    """
+    One ATM stage: the class queries go through the ATM layers over one feature map's tokens, each layer yielding
+    mask logits. In the cascade the tokens are an encoder layer's lateral; after query up-sampling they are the QU
+    output, already at the decoder width (`project_input=False`).
+    """
+
+    def __init__(self, config: SegViTConfig, project_input: bool = True):
+        super().__init__()
         width = config.decoder_hidden_size
-        self.lateral_proj = nn.Linear(config.encoder_config.hidden_size, width)
-        self.lateral_norm = nn.LayerNorm(width)
+        self.lateral = SegViTLateral(config) if project_input else None
         self.layers = nn.ModuleList(
             SegViTATMLayer(width, config.decoder_num_attention_heads, config.decoder_dropout)
             for _ in range(config.decoder_layers_per_stage)
         )
 
-    def forward(self, queries: torch.Tensor, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, queries: torch.Tensor, feature_map: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
             queries: class queries `(batch, num_labels, d)`.
-            feature_map: encoder features `(batch, hidden_size, grid_h, grid_w)`.
+            feature_map: `(batch, channels, grid_h, grid_w)`.
         Returns:
-            The updated queries and this stage's mask logits `(batch, num_labels, grid_h, grid_w)`.
+            For each layer: the updated queries and its mask logits `(batch, num_labels, grid_h, grid_w)`.
         """
         grid = feature_map.shape[-2:]
-        tokens = self.lateral_norm(self.lateral_proj(feature_map.flatten(2).transpose(1, 2)))
+        if self.lateral is not None:
+            tokens = self.lateral(feature_map)
+        else:
+            tokens = feature_map.flatten(2).transpose(1, 2)
+        per_layer = []
         for layer in self.layers:
             queries, mask_logits = layer(queries, tokens)
-        return queries, mask_logits.unflatten(-1, grid)
+            per_layer.append((queries, mask_logits.unflatten(-1, grid)))
+        return per_layer
 
 
-class SegViTATMDecoder(nn.Module):
+class SegViTQueryUpsampler(nn.Module):
     """
-    The cascade of ATM stages, deepest encoder feature first. One learnable query per class; after every stage a
-    shared linear head turns the queries into class logits (plus "no object"), and the stage's mask logits are
-    added to the previous stages' (resized to the last stage's grid).
+    Query-based up-sampling (QU) of the *Shrunk* model: learnable queries, one per 1/16 grid cell of the training
+    crop, go through standard post-norm transformer decoder layers over the lateral of the shallow (1/16) feature,
+    then over that of the deep (1/32) one. The output tokens form a 1/16 map at the decoder width. For other input
+    sizes the query table is resized bicubically, as the position embeddings are.
     """
 
     def __init__(self, config: SegViTConfig):
         super().__init__()
-        self.stages = nn.ModuleList(SegViTATMStage(config) for _ in range(config.num_stages))
+        encoder_config = config.encoder_config
+        image_size, patch_size = _as_pair(encoder_config.image_size), _as_pair(encoder_config.patch_size)
+        self.query_grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+        width = config.decoder_hidden_size
+        self.queries = nn.Embedding(self.query_grid[0] * self.query_grid[1], width)
+        self.laterals = nn.ModuleList(SegViTLateral(config) for _ in config.out_indices)
+        self.decoders = nn.ModuleList(
+            nn.ModuleList(
+                nn.TransformerDecoderLayer(
+                    width, config.decoder_num_attention_heads, 4 * width, config.decoder_dropout, batch_first=True
+                )
+                for _ in range(config.decoder_layers_per_stage)
+            )
+            for _ in config.out_indices
+        )
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """
+        Args:
+            feature_maps: the shallow (1/16) and deep (1/32) encoder features, `(batch, hidden_size, h, w)` each.
+        Returns:
+            The up-sampled tokens as a map `(batch, decoder_hidden_size, grid_h, grid_w)` on the shallow feature's grid.
+        """
+        grid = tuple(feature_maps[0].shape[-2:])
+        queries = resize_position_embeddings(self.queries.weight.unsqueeze(0), self.query_grid, grid)
+        queries = queries.expand(feature_maps[0].shape[0], -1, -1)
+        for lateral, decoder, feature_map in zip(self.laterals, self.decoders, feature_maps):
+            tokens = lateral(feature_map)
+            for layer in decoder:
+                queries = layer(queries, tokens)
+        return queries.transpose(1, 2).unflatten(-1, grid)
+
+
+class SegViTATMDecoder(nn.Module):
+    """
+    The ATM decoder. One learnable query per class and a shared linear head that turns queries into class logits
+    (plus "no object").
+
+    - Cascade (the SegViT model): one ATM stage per encoder feature, deepest first, each continuing from the previous
+      stage's queries. A stage's mask is its last layer's; masks are accumulated over stages (resized to the last
+      stage's grid). One output per stage.
+    - After query up-sampling (the *Shrunk* model): a single ATM stage over the QU map. One output per layer, masks
+      not accumulated.
+    """
+
+    def __init__(self, config: SegViTConfig):
+        super().__init__()
+        if config.query_upsampling:
+            self.query_upsampler = SegViTQueryUpsampler(config)
+            self.stages = nn.ModuleList([SegViTATMStage(config, project_input=False)])
+        else:
+            self.query_upsampler = None
+            self.stages = nn.ModuleList(SegViTATMStage(config) for _ in range(config.num_stages))
         self.class_queries = nn.Embedding(config.num_labels, config.decoder_hidden_size)
         self.class_head = nn.Linear(config.decoder_hidden_size, config.num_labels + 1)
 
@@ -276,15 +401,18 @@ class SegViTATMDecoder(nn.Module):
         Args:
             feature_maps: encoder features, shallow to deep, each `(batch, hidden_size, grid_h, grid_w)`.
         Returns:
-            Per stage, first to last: class logits `(batch, num_labels, num_labels + 1)` and accumulated mask logits
-            `(batch, num_labels, grid_h, grid_w)` on the last stage's grid.
+            The supervised outputs, the prediction last: class logits `(batch, num_labels, num_labels + 1)` and mask
+            logits `(batch, num_labels, grid_h, grid_w)` on the final grid.
         """
-        deepest_first = feature_maps[::-1]
-        batch_size = deepest_first[0].shape[0]
+        batch_size = feature_maps[0].shape[0]
         queries = self.class_queries.weight.unsqueeze(0).expand(batch_size, -1, -1)
+        if self.query_upsampler is not None:
+            per_layer = self.stages[0](queries, self.query_upsampler(feature_maps))
+            return [(self.class_head(layer_queries), mask_logits) for layer_queries, mask_logits in per_layer]
+
         stage_queries, stage_masks = [], []
-        for stage, feature_map in zip(self.stages, deepest_first):
-            queries, mask_logits = stage(queries, feature_map)
+        for stage, feature_map in zip(self.stages, feature_maps[::-1]):
+            queries, mask_logits = stage(queries, feature_map)[-1]
             stage_queries.append(queries)
             stage_masks.append(mask_logits)
 
@@ -297,15 +425,23 @@ class SegViTATMDecoder(nn.Module):
         return outputs
 
 
-def upsample_mask_logits(mask_logits: torch.Tensor, size: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
+def upsample_mask_logits(mask_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]) -> torch.Tensor:
     """
-    Bilinearly resizes token-grid mask logits `(batch, queries, grid_h, grid_w)` to the pixels they cover, then
-    crops the bottom/right padding the encoder added: returns `(batch, queries, size[0], size[1])`.
+    Bilinearly resizes grid mask logits `(batch, queries, grid_h, grid_w)` to the pixels they cover (`cell_size`
+    pixels per cell), then crops the bottom/right padding the encoder added: `(batch, queries, size[0], size[1])`.
     """
-    padded = (mask_logits.shape[-2] * patch_size[0], mask_logits.shape[-1] * patch_size[1])
-    if padded == tuple(size):
-        return F.interpolate(mask_logits, size=padded, mode="bilinear", align_corners=False)
-    return F.interpolate(mask_logits, size=padded, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+    covered = (mask_logits.shape[-2] * cell_size[0], mask_logits.shape[-1] * cell_size[1])
+    upsampled = F.interpolate(mask_logits, size=covered, mode="bilinear", align_corners=False)
+    return upsampled[..., : size[0], : size[1]]
+
+
+def mask_cell_size(mask_grid: tuple[int, int], image_size: tuple[int, int], patch_size: tuple[int, int]):
+    """Pixels per mask cell: the patch size on the full token grid, twice that on the grid halved by QD."""
+    cell = []
+    for cells, pixels, patch in zip(mask_grid, image_size, patch_size):
+        tokens = -(-pixels // patch)
+        cell.append(patch * max(1, round(tokens / cells)))
+    return tuple(cell)
 
 
 def combine_class_and_mask_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
@@ -368,14 +504,14 @@ class SegViTATMLoss(nn.Module):
         self,
         stage_outputs: list[tuple[torch.Tensor, torch.Tensor]],
         labels: torch.Tensor,
-        patch_size: tuple[int, int],
+        cell_size: tuple[int, int],
     ) -> torch.Tensor:
         """
         Args:
             stage_outputs: per stage, class logits `(batch, num_labels, num_labels + 1)` and mask logits
                 `(batch, num_labels, grid_h, grid_w)`.
             labels: `(batch, height, width)` class ids, `ignore_index` for unlabelled pixels.
-            patch_size: pixels per token, to place the token grid on the label map.
+            cell_size: pixels per mask cell, to place the mask grid on the label map.
         Returns:
             The total loss, a scalar in fp32.
         """
@@ -411,7 +547,7 @@ class SegViTATMLoss(nn.Module):
                 # Nothing to learn from, but every parameter stays in the graph (DDP expects gradients).
                 cross_entropy = class_logits.sum() * 0.0
             selected = mask_logits[image_ids, class_ids][:, None]
-            selected = upsample_mask_logits(selected, labels.shape[-2:], patch_size).flatten(1)
+            selected = upsample_mask_logits(selected, labels.shape[-2:], cell_size).flatten(1)
             focal = sigmoid_focal_loss(selected, target_masks, self.focal_alpha, self.focal_gamma).sum() / num_masks
             dice = dice_loss(selected, target_masks).sum() / num_masks
             if image_ids.numel() == 0:
@@ -455,9 +591,9 @@ class SegViTPreTrainedModel(PreTrainedModel):
             init.zeros_(module.in_proj_bias)
         elif isinstance(module, SegViTEmbeddings):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
-        elif isinstance(module, SegViTATMDecoder):
-            # The class queries start as a standard-normal table (nn.Embedding's own default, as the official head).
-            init.normal_(module.class_queries.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.Embedding):
+            # Class and QU queries start as standard-normal tables (nn.Embedding's own default, as the official head).
+            init.normal_(module.weight, mean=0.0, std=1.0)
 
 
 def _check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
@@ -482,19 +618,19 @@ class SegViTModel(SegViTPreTrainedModel):
     """
     The SegViT encoder: a plain ViT run the official way (no CLS token in the sequence, no final LayerNorm,
     position embeddings resized bicubically to any input grid) that returns the features of `config.out_indices`.
+    With `config.shrink_index` set, that layer down-samples its queries (QD) and the later layers run at 1/32.
     """
 
     def __init__(self, config: SegViTConfig):
         super().__init__(config)
-        if config.shrink_index is not None:
-            raise NotImplementedError(
-                "The Shrunk SegViT (query-based down-sampling, `shrink_index`) is not implemented yet."
-            )
         encoder_config = config.encoder_config
         self.embeddings = SegViTEmbeddings(config)
         depth = encoder_config.num_hidden_layers
         rates = [config.drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
-        self.layers = nn.ModuleList(SegViTLayer(encoder_config, rate) for rate in rates)
+        self.layers = nn.ModuleList(
+            SegViTLayer(encoder_config, rate, downsample_queries=index == config.shrink_index)
+            for index, rate in enumerate(rates)
+        )
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -533,7 +669,7 @@ class SegViTModel(SegViTPreTrainedModel):
         all_attentions = () if output_attentions else None
         feature_maps = []
         for index, layer in enumerate(self.layers):
-            hidden_states, attention_weights = layer(hidden_states, **kwargs)
+            hidden_states, grid, attention_weights = layer(hidden_states, grid, **kwargs)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -624,15 +760,16 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
         )
         stage_outputs = self.decode_head(encoder_outputs.feature_maps)
         class_logits, mask_logits = stage_outputs[-1]
-        patch_size = self.segvit.embeddings.patch_size
-        full_resolution_masks = upsample_mask_logits(mask_logits, pixel_values.shape[-2:], patch_size)
+        image_size = tuple(pixel_values.shape[-2:])
+        cell_size = mask_cell_size(mask_logits.shape[-2:], image_size, self.segvit.embeddings.patch_size)
+        full_resolution_masks = upsample_mask_logits(mask_logits, image_size, cell_size)
         logits = combine_class_and_mask_scores(class_logits, full_resolution_masks)
 
         loss = None
         if labels is not None:
             device_type = logits.device.type
             with torch.autocast(device_type=device_type, enabled=False):
-                loss = self.criterion(stage_outputs, labels, patch_size)
+                loss = self.criterion(stage_outputs, labels, cell_size)
 
         output = SegViTSemanticSegmenterOutput(
             loss=loss,
