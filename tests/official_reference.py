@@ -8,13 +8,16 @@ statement of the official semantics; nothing here is used by the package itself.
 
 Covered: the plain mmseg ``VisionTransformer`` backbone as configured by SegViT, the cascaded
 ``ATMHead`` (eval-mode forward and its training-mode outputs) and ``ATMLoss`` / ``SetCriterion``
-(single process). Not covered: the shrunk (``vit_shrink`` + ``TPNATMHead``) variant.
+(single process), and the shrunk variant: the ``vit_shrink`` backbone (query down-sampling, "QD")
+with the ``TPNATMHead`` (query up-sampling decoders, "QU", feeding a one-stage ``ATMSingleHead``).
 
 Public entry points:
 
 * :func:`official_forward` - prediction scores and (optionally) the total ATM loss;
 * :func:`official_backbone`, :func:`official_head`, :func:`official_atm_loss` - the pieces;
-* :func:`make_random_official_state_dict` - a random checkpoint in the official layout.
+* :func:`make_random_official_state_dict` - a random checkpoint in the official layout;
+* :func:`official_shrunk_forward`, :func:`official_shrunk_backbone`, :func:`official_shrunk_head`,
+  :func:`make_random_official_shrunk_state_dict` - the same for the shrunk variant.
 """
 
 from __future__ import annotations
@@ -574,4 +577,334 @@ def make_random_official_state_dict(*, hidden_size, num_layers, num_heads, decod
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = NO_OBJECT_WEIGHT
         sd["decode_head.loss_decode.criterion.empty_weight"] = empty_weight
+    return sd
+
+
+# --------------------------------------------------------------------------------------------
+# shrunk variant: vit_shrink backbone (QD) + TPNATMHead (QU decoders + one-stage ATM)
+# --------------------------------------------------------------------------------------------
+
+# Every LayerNorm of the shrunk head is a torch-default one (eps 1e-5): proj_norm_k is
+# ``nn.LayerNorm(d)``, the QU decoders are stock ``nn.TransformerDecoderLayer`` (layer_norm_eps
+# default) and the ATM layers inherit that default as well. The backbone keeps the base config's
+# ``norm_cfg`` (LN, eps 1e-6): the shrunk configs only override the backbone's type, shrink index
+# and out_indices, and ``vit_shrink`` builds its layers from that merged ``norm_cfg``.
+
+
+def _square_side(length: int, what: str) -> int:
+    """Side of the square grid behind ``length`` tokens, as the official code would accept it.
+
+    The official reshapes (in ``vit_shrink`` and in the heads' ``d3_to_d4``) drop the first token
+    when the count is odd (a CLS heuristic) but still take the side from the *original* count, so
+    an odd count (odd side) can never be reshaped; a non-square count fails as well. We raise.
+    """
+    side = int(math.sqrt(length))
+    if length % 2 != 0 or side * side != length:
+        raise ValueError(
+            f"official {what} cannot reshape {length} tokens into a square grid "
+            "(needs an even, square token count, i.e. an even grid side)"
+        )
+    return side
+
+
+def shrink_encoder_layer(x: Tensor, sd: StateDict, index: int, num_heads: int) -> Tensor:
+    """The query-down-sampling layer of ``vit_shrink`` (same weights as a plain layer), eval mode.
+
+    The (B, g*g, C) tokens are viewed as their g x g row-major grid and the tokens at even rows
+    and even columns are kept (2x2 nearest down-sampling, top-left of each 2x2 cell), giving
+    (B, (g/2)^2, C) in row-major order of the coarse grid. Then
+        x = down + attn(query=ln1(down), key=ln1(x), value=ln1(x))
+        x = x + fc2(gelu(fc1(ln2(x))))
+    i.e. queries are the down-sampled tokens, keys/values all tokens, all three normalised by the
+    same ln1, and the residual of the attention is the down-sampled (un-normalised) tokens.
+    """
+    b, length, c = x.shape
+    side = _square_side(length, "vit_shrink")
+    down = x.reshape(b, side, side, c)[:, ::2, ::2].reshape(b, -1, c)
+    p = f"backbone.layers.{index}."
+    h_q = _layer_norm(down, sd, p + "ln1", BACKBONE_LN_EPS)
+    h_kv = _layer_norm(x, sd, p + "ln1", BACKBONE_LN_EPS)
+    x = down + fused_multihead_attention(
+        h_q, h_kv, h_kv,
+        sd[p + "attn.attn.in_proj_weight"], sd.get(p + "attn.attn.in_proj_bias"),
+        sd[p + "attn.attn.out_proj.weight"], sd.get(p + "attn.attn.out_proj.bias"),
+        num_heads,
+    )
+    h = _layer_norm(x, sd, p + "ln2", BACKBONE_LN_EPS)
+    h = F.gelu(_linear(h, sd, p + "ffn.layers.0.0"))
+    return x + _linear(h, sd, p + "ffn.layers.1")
+
+
+def official_shrunk_backbone(
+    sd: StateDict,
+    pixel_values: Tensor,
+    *,
+    num_heads: int,
+    out_indices: Sequence[int],
+    shrink_index: int,
+) -> List[Tensor]:
+    """``vit_shrink`` forward with SegViT's shrunk configs, eval mode.
+
+    Patch embedding and position embeddings exactly as the plain backbone (CLS token dropped,
+    bicubic resize when the grid differs from the stored one). Layer ``shrink_index`` (0-based) is
+    :func:`shrink_encoder_layer`, every other layer a plain one; layers after it run on the
+    halved grid. An index outside [0, num_layers) simply never matches (no shrinking).
+
+    Unlike the plain backbone the features are returned as token sequences (B, L, C), NOT reshaped
+    to maps: (B, (h*w), C) before the shrink layer, (B, (h/2*w/2), C) from it on. Output selection
+    as in :func:`official_backbone` (membership in ``out_indices``, layer order).
+
+    The input grid must be square with an even side (input side divisible by 32 after the
+    corner padding to a multiple of 16) whenever the shrink layer is reached; else ValueError.
+    """
+    num_layers = _count_indexed(sd, r"backbone\.layers\.(\d+)\.ln1\.weight")
+    tokens, hw = patch_embed(sd, pixel_values)
+    x = tokens + position_embedding_for_grid(sd, hw)
+    wanted = set(int(i) for i in out_indices)
+    features = []
+    for i in range(num_layers):
+        if i == shrink_index:
+            x = shrink_encoder_layer(x, sd, i, num_heads)
+        else:
+            x = encoder_layer(x, sd, i, num_heads)
+        if i in wanted:
+            features.append(x)
+    return features
+
+
+def qu_decoder_layer(
+    queries: Tensor, memory: Tensor, sd: StateDict, prefix: str, num_heads: int
+) -> Tensor:
+    """A stock ``nn.TransformerDecoderLayer(d, heads, 4d)`` in eval mode, batch-first here.
+
+    Post-norm (norm_first=False), ReLU, no masks:
+    q = norm1(q + self_attn(q, q, q))
+    q = norm2(q + multihead_attn(q, memory, memory))   (standard fused-in_proj attention)
+    q = norm3(q + linear2(relu(linear1(q))))
+    LayerNorm eps 1e-5; the 0.1 dropouts are identities in eval mode.
+    """
+    p = prefix + "."
+    q = queries
+    q2 = fused_multihead_attention(
+        q, q, q,
+        sd[p + "self_attn.in_proj_weight"], sd.get(p + "self_attn.in_proj_bias"),
+        sd[p + "self_attn.out_proj.weight"], sd.get(p + "self_attn.out_proj.bias"),
+        num_heads,
+    )
+    q = _layer_norm(q + q2, sd, p + "norm1", HEAD_LN_EPS)
+    q2 = fused_multihead_attention(
+        q, memory, memory,
+        sd[p + "multihead_attn.in_proj_weight"], sd.get(p + "multihead_attn.in_proj_bias"),
+        sd[p + "multihead_attn.out_proj.weight"], sd.get(p + "multihead_attn.out_proj.bias"),
+        num_heads,
+    )
+    q = _layer_norm(q + q2, sd, p + "norm2", HEAD_LN_EPS)
+    q2 = _linear(F.relu(_linear(q, sd, p + "linear1")), sd, p + "linear2")
+    return _layer_norm(q + q2, sd, p + "norm3", HEAD_LN_EPS)
+
+
+def qu_decoder_stage(
+    queries: Tensor, memory: Tensor, sd: StateDict, prefix: str, num_heads: int
+) -> Tensor:
+    """An ``nn.TransformerDecoder`` (no final norm) under ``prefix``: its layers in sequence."""
+    num_layers = _count_indexed(sd, re.escape(prefix) + r"\.layers\.(\d+)\.norm1\.weight")
+    for j in range(num_layers):
+        queries = qu_decoder_layer(queries, memory, sd, f"{prefix}.layers.{j}", num_heads)
+    return queries
+
+
+def official_shrunk_head(
+    sd: StateDict,
+    features: Sequence[Tensor],
+    *,
+    decoder_num_heads: int,
+    image_size: Optional[int] = None,
+) -> Dict[str, object]:
+    """``TPNATMHead.forward`` (use_proj=True, shrink_ratio=16), computed without dropout.
+
+    * QU: the first ``num_stages`` (= number of ``decode_head.decoder_k``) features are used in the
+      given (layer) order, NOT reversed: stage 1 reads the early 1/16 feature, stage 2 the 1/32
+      one. lateral_k = proj_norm_k(input_proj_k(x)) (no summing of laterals). The learned table
+      ``decode_head.q.weight`` ((crop/16)^2, d) is the initial query set of every image; it goes
+      through ``decoder_1`` with memory lateral_1, then through ``decoder_2`` with memory
+      lateral_2 (see :func:`qu_decoder_layer`).
+    * The QU output tokens are viewed as the (crop/16) x (crop/16) grid (even square count
+      required, else the official reshape fails) and flattened back: they are the single lateral
+      of ``atm`` (an ``ATMSingleHead`` with use_stages=1, Identity projection and norm, so no
+      ``atm.input_proj_1`` / ``atm.proj_norm_1`` parameters).
+    * ATM: class queries ``decode_head.atm.q.weight`` (num_classes, d) go through the layers of
+      ``atm.decoder_1`` (:func:`atm_decoder_layer`). EVERY layer yields an output: class logits =
+      ``atm.class_embed``(its queries), mask logits = its head-averaged pre-softmax cross
+      similarity on the grid. Masks are NOT accumulated (each is only bilinearly resized to the
+      last layer's grid, the same grid, i.e. unchanged).
+    * Last layer = prediction: pred_masks = bilinear resize (align_corners=False) to
+      (image_size, image_size) with image_size the configured crop; pred =
+      einsum(softmax(logits)[..., :-1], sigmoid(pred_masks)). The earlier layers are the
+      auxiliary outputs (logits, grid masks).
+
+    Returns the dict of :func:`official_head` ("pred_logits", "pred_masks", "pred",
+    "aux_outputs"), usable as is by :func:`official_atm_loss`.
+    """
+    num_stages = _count_indexed(sd, r"decode_head\.decoder_(\d+)\.layers\.0\.norm1\.weight")
+    if len(features) < num_stages:
+        raise ValueError(f"head has {num_stages} QU stages but got {len(features)} features")
+    atm_stages = _count_indexed(sd, r"decode_head\.atm\.decoder_(\d+)\.layers\.0\.norm1\.weight")
+    if atm_stages != 1:
+        raise ValueError(f"the shrunk head's ATM has exactly one stage, found {atm_stages}")
+    if image_size is None:
+        image_size = infer_crop_size(sd)
+    feats = [f.flatten(2).transpose(1, 2) if f.dim() == 4 else f for f in features[:num_stages]]
+
+    batch = feats[0].shape[0]
+    q = sd["decode_head.q.weight"].unsqueeze(0).expand(batch, -1, -1)
+    for k, x in enumerate(feats, start=1):
+        lateral = x
+        if f"decode_head.input_proj_{k}.weight" in sd:  # use_proj=True (always, officially)
+            lateral = _linear(lateral, sd, f"decode_head.input_proj_{k}")
+        if f"decode_head.proj_norm_{k}.weight" in sd:
+            lateral = _layer_norm(lateral, sd, f"decode_head.proj_norm_{k}", HEAD_LN_EPS)
+        q = qu_decoder_stage(q, lateral, sd, f"decode_head.decoder_{k}", decoder_num_heads)
+
+    _square_side(q.shape[1], "TPNATMHead")  # the grid round trip only checks the shape
+    memory = q
+
+    num_atm_layers = _count_indexed(
+        sd, r"decode_head\.atm\.decoder_1\.layers\.(\d+)\.norm1\.weight"
+    )
+    cls_q = sd["decode_head.atm.q.weight"].unsqueeze(0).expand(batch, -1, -1)
+    layer_logits: List[Tensor] = []
+    layer_masks: List[Tensor] = []
+    for j in range(num_atm_layers):
+        cls_q, sim = atm_decoder_layer(
+            cls_q, memory, sd, f"decode_head.atm.decoder_1.layers.{j}", decoder_num_heads
+        )
+        layer_masks.append(_similarity_to_grid(sim))
+        layer_logits.append(_linear(cls_q, sd, "decode_head.atm.class_embed"))
+
+    grid = layer_masks[-1].shape[-2:]
+    layer_masks = [F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+                   for m in layer_masks]
+    pred_masks = F.interpolate(
+        layer_masks[-1], size=(image_size, image_size), mode="bilinear", align_corners=False
+    )
+    pred_logits = layer_logits[-1]
+    class_probs = torch.softmax(pred_logits, dim=-1)[..., :-1]
+    pred = torch.einsum("bnc,bnhw->bchw", class_probs, pred_masks.sigmoid())
+    aux = [
+        {"pred_logits": lg, "pred_masks": ms}
+        for lg, ms in zip(layer_logits[:-1], layer_masks[:-1])
+    ]
+    return {"pred_logits": pred_logits, "pred_masks": pred_masks, "pred": pred, "aux_outputs": aux}
+
+
+def official_shrunk_forward(state_dict, pixel_values, *, num_heads, decoder_num_heads, out_indices,
+                            shrink_index, labels=None, ignore_index=255):
+    """(pred, loss) of vit_shrink + TPNATMHead, eval mode, square crop-sized input (S divisible by 32).
+
+    pred: the head's ``pred`` (B, num_classes, crop, crop) scores; loss: the total ATM loss (sum
+    over the 3 ATM layers' outputs of 1*CE + 20*focal + 1*dice, as :func:`official_atm_loss`)
+    when labels (B, S, S) are given, else None. Everything else (depth, widths, classes, crop,
+    number of QU stages and of decoder layers) is read from the state dict, which is used in
+    ``pixel_values``' dtype and device. Unused keys (the loss buffers) are ignored.
+
+    The crop is read from the stored position table; the QU table must hold (crop/16)^2 queries
+    (the official shrink_ratio 16). Other square inputs with an even token-grid side also run (the
+    QU/ATM grid stays the crop's, and ``pred`` is crop-sized as officially).
+    """
+    sd = {k: v.to(device=pixel_values.device, dtype=pixel_values.dtype)
+          if torch.is_floating_point(v) else v
+          for k, v in state_dict.items()}
+    crop = infer_crop_size(sd)
+    n_qu = sd["decode_head.q.weight"].shape[0]
+    if n_qu != (crop // 16) ** 2:
+        raise ValueError(f"QU table has {n_qu} queries, expected (crop/16)^2 = {(crop // 16) ** 2}")
+    features = official_shrunk_backbone(sd, pixel_values, num_heads=num_heads,
+                                        out_indices=out_indices, shrink_index=shrink_index)
+    outputs = official_shrunk_head(sd, features, decoder_num_heads=decoder_num_heads,
+                                   image_size=crop)
+    loss = None
+    if labels is not None:
+        loss = official_atm_loss(outputs, labels.to(pixel_values.device),
+                                 ignore_index=ignore_index)
+    return outputs["pred"], loss
+
+
+def make_random_official_shrunk_state_dict(*, hidden_size, num_layers, num_heads, decoder_dim,
+                                           decoder_num_heads, num_classes, crop, seed,
+                                           decoder_layers=3, with_loss_buffer=False,
+                                           num_stages=2, patch_size=16, mlp_ratio=4):
+    """Random state dict in the official shrunk key layout (2 QU stages).
+
+    The backbone part is exactly :func:`make_random_official_state_dict`'s for the same arguments
+    and seed (vit_shrink has the plain layout). The head, from an independent generator, holds:
+    ``decode_head.input_proj_{k}`` / ``proj_norm_{k}`` (k = 1..num_stages), the stock
+    ``nn.TransformerDecoder`` stages ``decode_head.decoder_{k}.layers.{j}.`` (self_attn and
+    multihead_attn with fused ``in_proj_weight|in_proj_bias`` and ``out_proj``, linear1/2,
+    norm1/2/3; no decoder-level norm), the QU table ``decode_head.q.weight`` ((crop/16)^2 x d),
+    and the ATM: ``decode_head.atm.decoder_1.layers.{j}.`` (ATM layer keys),
+    ``decode_head.atm.q.weight`` (num_classes x d), ``decode_head.atm.class_embed``. There is no
+    top-level ``decode_head.class_embed`` and no ``atm.input_proj_1`` / ``atm.proj_norm_1``
+    (Identity). ``with_loss_buffer`` adds both criterion buffers a released checkpoint holds
+    (the TPNATMHead and its inner ATMSingleHead each build an ATMLoss):
+    ``decode_head.loss_decode.criterion.empty_weight`` and
+    ``decode_head.atm.loss_decode.criterion.empty_weight``. Same scales as the plain maker; the
+    QU table ~ N(0, 1).
+    """
+    if crop % (2 * patch_size):
+        raise ValueError("the shrunk model needs a crop divisible by 2 * patch size "
+                         "(even token grid)")
+    sd = make_random_official_state_dict(
+        hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+        decoder_dim=decoder_dim, decoder_num_heads=decoder_num_heads, num_classes=num_classes,
+        crop=crop, num_stages=0, seed=seed, decoder_layers=decoder_layers,
+        patch_size=patch_size, mlp_ratio=mlp_ratio, with_loss_buffer=False,
+    )
+    sd = {k: v for k, v in sd.items() if k.startswith("backbone.")}
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 7) % (2 ** 62))
+
+    def randn(*shape, std=1.0, mean=0.0):
+        return torch.randn(*shape, generator=gen) * std + mean
+
+    def linear(prefix, n_out, n_in):
+        sd[prefix + ".weight"] = randn(n_out, n_in, std=n_in ** -0.5)
+        sd[prefix + ".bias"] = randn(n_out, std=0.05)
+
+    def norm(prefix, n):
+        sd[prefix + ".weight"] = randn(n, std=0.1, mean=1.0)
+        sd[prefix + ".bias"] = randn(n, std=0.1)
+
+    def fused_attention(prefix, n):
+        sd[prefix + ".in_proj_weight"] = randn(3 * n, n, std=n ** -0.5)
+        sd[prefix + ".in_proj_bias"] = randn(3 * n, std=0.05)
+        linear(prefix + ".out_proj", n, n)
+
+    c, d, g = hidden_size, decoder_dim, crop // 16
+    for k in range(1, num_stages + 1):
+        linear(f"decode_head.input_proj_{k}", d, c)
+        norm(f"decode_head.proj_norm_{k}", d)
+        for j in range(decoder_layers):
+            p = f"decode_head.decoder_{k}.layers.{j}."
+            fused_attention(p + "self_attn", d)
+            fused_attention(p + "multihead_attn", d)
+            linear(p + "linear1", 4 * d, d)
+            linear(p + "linear2", d, 4 * d)
+            for name in ("norm1", "norm2", "norm3"):
+                norm(p + name, d)
+    sd["decode_head.q.weight"] = randn(g * g, d)
+    for j in range(decoder_layers):
+        p = f"decode_head.atm.decoder_1.layers.{j}."
+        fused_attention(p + "self_attn", d)
+        for name in ("q", "k", "v", "proj"):
+            linear(p + "multihead_attn." + name, d, d)
+        linear(p + "linear1", 4 * d, d)
+        linear(p + "linear2", d, 4 * d)
+        for name in ("norm1", "norm2", "norm3"):
+            norm(p + name, d)
+    sd["decode_head.atm.q.weight"] = randn(num_classes, d)
+    linear("decode_head.atm.class_embed", num_classes + 1, d)
+    if with_loss_buffer:
+        for prefix in ("decode_head.loss_decode", "decode_head.atm.loss_decode"):
+            empty_weight = torch.ones(num_classes + 1)
+            empty_weight[-1] = NO_OBJECT_WEIGHT
+            sd[prefix + ".criterion.empty_weight"] = empty_weight
     return sd

@@ -7,7 +7,12 @@ layout; a random checkpoint in that layout is converted and both are compared.
 import pytest
 import torch
 
-from official_reference import make_random_official_state_dict, official_forward
+from official_reference import (
+    make_random_official_shrunk_state_dict,
+    make_random_official_state_dict,
+    official_forward,
+    official_shrunk_forward,
+)
 from segvit_hf import SegViTForSemanticSegmentation
 from segvit_hf.conversion import CheckpointConversionError, convert_official_checkpoint, main
 
@@ -134,3 +139,44 @@ def test_pickled_code_is_refused(tmp_path):
 
 class _Arbitrary:
     pass
+
+
+# ----- Shrunk SegViT (vit_shrink + TPNATMHead) -----------------------------------------------------------------
+
+
+def _official_shrunk_checkpoint(seed=0, **overrides):
+    return make_random_official_shrunk_state_dict(**{**TINY, "num_layers": 6, **overrides}, seed=seed)
+
+
+def test_shrunk_parity_with_the_official_semantics():
+    state_dict = _official_shrunk_checkpoint(with_loss_buffer=True)
+    model = convert_official_checkpoint(
+        state_dict, num_attention_heads=4, decoder_num_attention_heads=4, out_indices=[1, 5], image_size=64,
+        shrink_index=2,
+    )
+    assert model.config.query_upsampling and model.config.shrink_index == 2
+    pixel_values = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    labels = _labels(2, 64, TINY["num_classes"])
+    expected_pred, expected_loss = official_shrunk_forward(
+        state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=[1, 5], shrink_index=2, labels=labels
+    )
+    outputs = model(pixel_values, labels=labels)
+    torch.testing.assert_close(outputs.logits, expected_pred, atol=1e-4, rtol=0)
+    torch.testing.assert_close(outputs.loss, expected_loss, rtol=1e-4, atol=0)
+
+
+def test_shrunk_checkpoint_needs_the_shrink_index():
+    with pytest.raises(CheckpointConversionError, match="Shrunk SegViT checkpoint.*shrink_index"):
+        convert_official_checkpoint(_official_shrunk_checkpoint(), num_attention_heads=4, decoder_num_attention_heads=4,
+                                    out_indices=[1, 5], image_size=64)
+
+
+def test_shrunk_preset_reads_labels_and_layout():
+    """A ViT-L-shaped (narrow) shrunk PASCAL-Context checkpoint with 59 classes, converted with its preset."""
+    state_dict = _official_shrunk_checkpoint(hidden_size=32, num_layers=24, num_classes=59, crop=480,
+                                             decoder_dim=16)
+    model = convert_official_checkpoint(state_dict, preset="pascal-context-vit-l-shrunk", num_attention_heads=4,
+                                        decoder_num_attention_heads=4)
+    assert model.config.shrink_index == 8 and model.config.out_indices == [7, 23]
+    assert model.config.num_labels == 59 and model.config.id2label[0] == "aeroplane"
+    assert model.decode_head.query_upsampler.queries.weight.shape == (30 * 30, 16)
