@@ -3,7 +3,8 @@
 Importing the package registers the model with transformers' Auto classes.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
 from .configuration_segvit import SegViTConfig
 from .modeling_segvit import (
@@ -13,11 +14,15 @@ from .modeling_segvit import (
     SegViTPreTrainedModel,
     SegViTSemanticSegmenterOutput,
 )
+from .image_processing_segvit import IMAGE_PROCESSOR_CLASSES, SegViTImageProcessor, SegViTImageProcessorPil
 from .presets import PRESETS, SegViTPreset, get_preset
 
 AutoConfig.register(SegViTConfig.model_type, SegViTConfig, exist_ok=True)
 AutoModel.register(SegViTConfig, SegViTModel, exist_ok=True)
 AutoModelForSemanticSegmentation.register(SegViTConfig, SegViTForSemanticSegmentation, exist_ok=True)
+AutoImageProcessor.register(SegViTConfig, image_processor_classes=IMAGE_PROCESSOR_CLASSES, exist_ok=True)
+# transformers' image-segmentation pipeline checks model class names against this table, not the Auto registry.
+MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(SegViTConfig.model_type, SegViTForSemanticSegmentation.__name__)
 
 __version__ = "0.1.0"
 
@@ -25,6 +30,8 @@ __all__ = [
     "PRESETS",
     "SegViTConfig",
     "SegViTForSemanticSegmentation",
+    "SegViTImageProcessor",
+    "SegViTImageProcessorPil",
     "SegViTModel",
     "SegViTModelOutput",
     "SegViTPreTrainedModel",

@@ -1,0 +1,610 @@
+"""Image processor for SegViT: the paper's test-time resizing, normalisation and label handling, and the post-processing
+that turns [`SegViTForSemanticSegmentation`] outputs into label maps at any size.
+
+Two backends follow transformers' convention: `SegViTImageProcessorPil` (PIL / NumPy, always available) and, when
+torchvision is installed, `SegViTImageProcessor` on torchvision. Without torchvision, `SegViTImageProcessor` is the PIL
+class, so `SegViTImageProcessor()` always works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    ImageInput,
+    PILImageResampling,
+    SizeDict,
+    is_pil_image,
+)
+from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import TensorType, is_torchvision_available, logging
+
+from .modeling_segvit import combine_class_and_mask_scores, mask_cell_size, upsample_mask_logits
+from .presets import get_preset
+
+logger = logging.get_logger(__name__)
+
+# Test-time `img_scale` of the official configurations, as (longest edge, shortest edge) bounds: ADE20K and
+# COCO-Stuff rescale the short side to the crop with the long side at most 2048. PASCAL-Context's test resize is
+# "fit in 520x520" but with the official `min_size=480` option, which makes mmseg rescale the short side to 520 with
+# no bound on the long side.
+_TEST_SCALE_BY_DATASET = {"ade20k": (2048, None), "cocostuff": (2048, None), "pascal-context": (None, 520)}
+
+# Upper bound on the elements of the per-query mask tensor resized to a target size in one go (`post_process_*`).
+_MAX_RESIZED_MASK_ELEMENTS = 2**26
+
+_VALID_CHANNEL_COUNTS = (1, 3, 4)
+
+
+class SegViTImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
+        Whether to shift the labels of segmentation maps down by one, with 0 becoming `ignore_index` (ADE20K's raw
+        annotations, where 0 is "other").
+    ignore_index (`int`, *optional*, defaults to `self.ignore_index`):
+        Label of unlabelled pixels: the value reduced zeros become and the value label maps are padded with.
+    patch_size (`int`, *optional*, defaults to `self.patch_size`):
+        Patch size of the model's ViT encoder; post-processing needs it to place the mask grid on the pixels.
+    """
+
+    do_reduce_labels: bool
+    ignore_index: int
+    patch_size: int
+
+
+def get_resize_output_size(height: int, width: int, size: SizeDict | dict) -> tuple[int, int]:
+    """
+    The `(height, width)` an image of `height x width` pixels is resized to.
+
+    - `{"height": h, "width": w}`: exactly that size.
+    - `{"shortest_edge": s, "longest_edge": l}`: keep the aspect ratio with the largest scale that brings the short
+      side to at most `s` and the long side to at most `l` (mmcv's `imrescale`, rounding half up, as the official
+      evaluation). Images are scaled up as well as down.
+    - `{"shortest_edge": s}`: the short side becomes `s`, aspect kept.
+    """
+    size = SizeDict(**dict(size)) if not isinstance(size, SizeDict) else size
+    if size.height and size.width and not (size.shortest_edge or size.longest_edge):
+        return int(size.height), int(size.width)
+    if size.shortest_edge and not (size.height or size.width):
+        scale = size.shortest_edge / min(height, width)
+        if size.longest_edge:
+            scale = min(scale, size.longest_edge / max(height, width))
+        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+    raise ValueError(
+        "`size` must be {'height': h, 'width': w}, {'shortest_edge': s} or {'shortest_edge': s, 'longest_edge': l}, "
+        f"got {dict(size)}."
+    )
+
+
+def _channel_layout(image: np.ndarray | torch.Tensor, input_data_format: ChannelDimension | str | None) -> str:
+    """'first' or 'last' for a 3-D array, checking that the channel axis holds 1, 3 or 4 channels."""
+    if input_data_format is not None:
+        layout = ChannelDimension(input_data_format)
+        channels = image.shape[0] if layout == ChannelDimension.FIRST else image.shape[-1]
+        if channels not in _VALID_CHANNEL_COUNTS:
+            raise ValueError(
+                f"Expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels in the {layout.value} dimension of an image "
+                f"of shape {tuple(image.shape)}, got {channels}."
+            )
+        return layout.value
+    if image.shape[0] in _VALID_CHANNEL_COUNTS:
+        return ChannelDimension.FIRST.value
+    if image.shape[-1] in _VALID_CHANNEL_COUNTS:
+        return ChannelDimension.LAST.value
+    raise ValueError(
+        "Expected an image with 1 (grayscale), 3 (RGB) or 4 (RGBA) channels, as (height, width), (channels, height, "
+        f"width) or (height, width, channels); got shape {tuple(image.shape)}."
+    )
+
+
+def get_image_size(image: ImageInput, input_data_format: ChannelDimension | str | None = None) -> tuple[int, int]:
+    """
+    `(height, width)` of a PIL image, or of a NumPy array / torch tensor laid out as `(H, W)`, `(C, H, W)` or
+    `(H, W, C)` with 1, 3 or 4 channels. Raises a `ValueError` for other shapes and for empty images, a `TypeError` for
+    other types.
+    """
+    if is_pil_image(image):
+        width, height = image.size
+    elif isinstance(image, (np.ndarray, torch.Tensor)):
+        if image.ndim == 2:
+            height, width = image.shape
+        elif image.ndim == 3:
+            layout = _channel_layout(image, input_data_format)
+            height, width = image.shape[1:] if layout == ChannelDimension.FIRST.value else image.shape[:2]
+        else:
+            raise ValueError(
+                "Expected an image as (height, width), (channels, height, width) or (height, width, channels), got an "
+                f"array of shape {tuple(image.shape)}."
+            )
+    else:
+        raise TypeError(
+            f"Expected a PIL image, a NumPy array or a torch tensor, got {type(image).__name__}. Load files with "
+            "PIL.Image.open first."
+        )
+    if height == 0 or width == 0:
+        raise ValueError(f"Got an empty image: height {height}, width {width}.")
+    return int(height), int(width)
+
+
+def _nearest_source_indices(source_length: int, target_length: int) -> np.ndarray:
+    """Source index of each target pixel under nearest-neighbour resizing that samples pixel centres (as PIL)."""
+    positions = (np.arange(target_length) + 0.5) * (source_length / target_length)
+    return np.minimum(positions.astype(np.int64), source_length - 1)
+
+
+def resize_label_map(label_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a `(H, W)` label map to `(height, width)`: ids kept exactly, any integer range."""
+    if label_map.shape == (height, width):
+        return label_map
+    rows = _nearest_source_indices(label_map.shape[0], height)
+    cols = _nearest_source_indices(label_map.shape[1], width)
+    return label_map[np.ix_(rows, cols)]
+
+
+def reduce_labels(label_map: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """ADE20K's label reduction on an int64 map: 0 ("other") -> `ignore_index`, k -> k - 1, `ignore_index` kept."""
+    reduced = label_map - 1
+    reduced[(label_map == 0) | (label_map == ignore_index)] = ignore_index
+    return reduced
+
+
+def _label_map_to_numpy(label_map: Any, index: int) -> np.ndarray:
+    """A `(H, W)` int64 NumPy copy of a segmentation map given as PIL image, array or tensor (`(1, H, W)` too)."""
+    if is_pil_image(label_map):
+        array = np.array(label_map)
+    elif isinstance(label_map, torch.Tensor):
+        array = label_map.detach().cpu().numpy()
+    elif isinstance(label_map, np.ndarray):
+        array = label_map
+    else:
+        raise TypeError(
+            f"Segmentation map {index} must be a PIL image, a NumPy array or a torch tensor, got "
+            f"{type(label_map).__name__}."
+        )
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+        array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:2])
+    if array.ndim != 2:
+        raise ValueError(
+            f"Segmentation map {index} must be a single-channel (height, width) map of class ids, got shape "
+            f"{tuple(array.shape)}."
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.array_equal(array, np.round(array)):
+            raise ValueError(f"Segmentation map {index} holds non-integer values; it must hold class ids.")
+    elif not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        raise TypeError(f"Segmentation map {index} must hold integer class ids, got dtype {array.dtype}.")
+    return array.astype(np.int64)
+
+
+def _flatten_images(images: Any, expected_ndims: int) -> list:
+    """One level of nesting removed; a single image or a stacked batch (one more dimension) becomes a list."""
+    if isinstance(images, (list, tuple)):
+        flat = []
+        for item in images:
+            flat.extend(item if isinstance(item, (list, tuple)) else [item])
+    elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == expected_ndims + 1:
+        flat = list(images)
+    else:
+        flat = [images]
+    if not flat:
+        raise ValueError("Got an empty list of images.")
+    return flat
+
+
+def _valid_sizes_from_pixel_mask(
+    pixel_mask: torch.Tensor | np.ndarray, batch_size: int, input_size: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """`(height, width)` of each image's top-left valid region in a `(batch, H, W)` pixel mask."""
+    pixel_mask = torch.as_tensor(pixel_mask)
+    if tuple(pixel_mask.shape) != (batch_size, *input_size):
+        raise ValueError(
+            f"`pixel_mask` must have shape (batch_size, height, width) = {(batch_size, *input_size)} like the model's "
+            f"logits, got {tuple(pixel_mask.shape)}."
+        )
+    pixel_mask = pixel_mask.bool()
+    sizes = []
+    for index, mask in enumerate(pixel_mask):
+        height, width = int(mask.any(dim=1).sum()), int(mask.any(dim=0).sum())
+        if height == 0 or not mask[:height, :width].all() or int(mask.sum()) != height * width:
+            raise ValueError(
+                f"`pixel_mask[{index}]` must mark a non-empty top-left rectangle (1 = image, 0 = padding), as "
+                "SegViTImageProcessor returns it."
+            )
+        sizes.append((height, width))
+    return sizes
+
+
+def _as_target_sizes(target_sizes: Any, batch_size: int) -> list[tuple[int, int]]:
+    if isinstance(target_sizes, torch.Tensor):
+        target_sizes = target_sizes.tolist()
+    if len(target_sizes) != batch_size:
+        raise ValueError(
+            f"Got {len(target_sizes)} target sizes for a batch of {batch_size} predictions; pass one (height, width) "
+            "per image."
+        )
+    sizes = []
+    for size in target_sizes:
+        if len(size) != 2 or any(int(side) < 1 for side in size):
+            raise ValueError(f"Each target size must be a positive (height, width) pair, got {tuple(size)}.")
+        sizes.append((int(size[0]), int(size[1])))
+    return sizes
+
+
+def class_scores_at_size(
+    class_queries_logits: torch.Tensor,
+    masks_queries_logits: torch.Tensor,
+    input_size: tuple[int, int],
+    cell_size: tuple[int, int],
+    valid_size: tuple[int, int],
+    target_size: tuple[int, int],
+) -> torch.Tensor:
+    """
+    ATM scores of one image at `target_size`, computed from its logits: the mask logits are placed on the input pixels
+    (`upsample_mask_logits`), cropped to the image's valid region, bilinearly resized to `target_size`, and only then
+    passed through the sigmoid and combined with the class probabilities.
+
+    Args:
+        class_queries_logits: `(num_queries, num_labels + 1)`.
+        masks_queries_logits: `(num_queries, grid_h, grid_w)`.
+        input_size: `(H, W)` of the (padded) model input.
+        cell_size: pixels per mask-grid cell.
+        valid_size: `(h, w)` of the image inside the input (top-left).
+        target_size: `(height, width)` of the scores.
+    Returns:
+        `(num_labels, height, width)` scores, fp32 at least.
+    """
+    num_queries = masks_queries_logits.shape[0]
+    dtype = torch.promote_types(masks_queries_logits.dtype, torch.float32)
+    num_labels = class_queries_logits.shape[-1] - 1
+    scores = masks_queries_logits.new_zeros((1, num_labels, *target_size), dtype=dtype)
+    # Resizing every query's mask at once can take gigabytes for large images: go through the queries in chunks
+    # (each query's mask is resized independently, and the scores are a sum over queries).
+    chunk = max(1, min(num_queries, _MAX_RESIZED_MASK_ELEMENTS // (target_size[0] * target_size[1])))
+    for start in range(0, num_queries, chunk):
+        masks = masks_queries_logits[None, start : start + chunk].to(dtype)
+        masks = upsample_mask_logits(masks, input_size, cell_size)[..., : valid_size[0], : valid_size[1]]
+        if tuple(valid_size) != tuple(target_size):
+            masks = F.interpolate(masks, size=target_size, mode="bilinear", align_corners=False)
+        scores += combine_class_and_mask_scores(class_queries_logits[None, start : start + chunk].to(dtype), masks)
+    return scores[0]
+
+
+class _SegViTImageProcessingMixin:
+    """Everything SegViT-specific, shared by the PIL and torchvision backends (which supply resize, rescale, normalize
+    and pad for their array type)."""
+
+    valid_kwargs = SegViTImageProcessorKwargs
+    model_input_names = ["pixel_values", "pixel_mask"]
+    resample = PILImageResampling.BILINEAR
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    size = {"shortest_edge": 512, "longest_edge": 2048}
+    default_to_square = False
+    do_resize = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    do_convert_rgb = True
+    do_pad = True
+    do_reduce_labels = False
+    ignore_index = 255
+    patch_size = 16
+
+    @classmethod
+    def from_preset(cls, name: str, *, with_background: bool = False, **kwargs: Any):
+        """
+        The image processor of one of the paper's released models (`segvit_hf.PRESETS`): the official test-time
+        resizing (ADE20K, COCO-Stuff: short side to the crop, long side at most 2048; PASCAL-Context: short side to 520),
+        normalisation (ImageNet statistics for ViT-B, [-1, 1] for the ViT-L "jax" models) and label reduction of the
+        official dataset configurations. `kwargs` override any option.
+        """
+        preset = get_preset(name)
+        longest_edge, shortest_edge = _TEST_SCALE_BY_DATASET[preset.dataset]
+        values: dict[str, Any] = {
+            "size": {"shortest_edge": shortest_edge or preset.crop_size}
+            | ({"longest_edge": longest_edge} if longest_edge else {}),
+            "image_mean": list(preset.image_mean),
+            "image_std": list(preset.image_std),
+            # The official ADE20K and COCO-Stuff annotations use 0 for "unlabelled"; so does PASCAL-Context's
+            # background, which the released 59-class models do not predict.
+            "do_reduce_labels": not (preset.dataset == "pascal-context" and with_background),
+        }
+        values.update(kwargs)
+        return cls(**values)
+
+    def preprocess(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None = None,
+        **kwargs: Unpack[SegViTImageProcessorKwargs],
+    ) -> BatchFeature:
+        r"""
+        Prepares images (and optionally their segmentation maps) for [`SegViTForSemanticSegmentation`].
+
+        Args:
+            images (`ImageInput`):
+                One image or a list: PIL images, NumPy arrays or torch tensors, `(H, W)`, `(H, W, C)` or `(C, H, W)`,
+                grayscale, RGB or RGBA (converted to RGB), of any sizes.
+            segmentation_maps (`ImageInput`, *optional*):
+                One `(H, W)` map of class ids per image, at its image's size. Resized with nearest neighbour, padded
+                with `ignore_index`, returned as int64 `labels`.
+
+        Returns:
+            [`BatchFeature`] with `pixel_values` `(batch, 3, H, W)`, `pixel_mask` `(batch, H, W)` (1 on image pixels,
+            0 on the bottom/right padding that brings images of different sizes to a common size) and, with
+            segmentation maps, `labels` `(batch, H, W)`.
+        """
+        return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> list:
+        """The images as a flat list, each checked for type, shape, channel count and emptiness."""
+        images = _flatten_images(self.fetch_images(images), expected_ndims)
+        for index, image in enumerate(images):
+            try:
+                get_image_size(image)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"Image {index}: {error}") from None
+        return images
+
+    def process_image(self, image: ImageInput, *args, input_data_format=None, **kwargs):
+        """Converts one image to the backend's `(C, H, W)` format; `(H, W)` arrays are grayscale."""
+        if isinstance(image, torch.Tensor) and self.backend == "pil":
+            image = image.detach().cpu().numpy()
+        if not is_pil_image(image):
+            if image.ndim == 2:
+                image = image[:, :, None]
+                input_data_format = ChannelDimension.LAST
+            else:
+                input_data_format = ChannelDimension(_channel_layout(image, input_data_format))
+        return super().process_image(image, *args, input_data_format=input_data_format, **kwargs)
+
+    def _preprocess_image_like_inputs(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None = None,
+        *,
+        do_convert_rgb: bool,
+        input_data_format: ChannelDimension | str | None,
+        return_tensors: str | TensorType | None,
+        do_resize: bool,
+        size: SizeDict,
+        resample: PILImageResampling | int | None,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | tuple[float, ...],
+        image_std: float | tuple[float, ...],
+        do_pad: bool,
+        pad_size: SizeDict | None,
+        do_reduce_labels: bool,
+        ignore_index: int,
+        device: str | torch.device | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        images = self._prepare_image_like_inputs(
+            images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=device
+        )
+        for index, image in enumerate(images):
+            if image.shape[0] != 3:
+                raise ValueError(
+                    f"Image {index} has {image.shape[0]} channels after conversion; SegViT expects RGB. Leave "
+                    "`do_convert_rgb=True` to convert grayscale and RGBA images."
+                )
+            if do_rescale and _looks_rescaled(image):
+                logger.warning_once(
+                    "An input image is floating point with values in [0, 1] and `do_rescale=True` divides it by 255 "
+                    "again; pass `do_rescale=False` for images already in [0, 1]."
+                )
+
+        label_maps = None
+        if segmentation_maps is not None:
+            maps = _flatten_images(segmentation_maps, expected_ndims=2)
+            if len(maps) != len(images):
+                raise ValueError(
+                    f"Got {len(maps)} segmentation maps for {len(images)} images; pass one (height, width) map per "
+                    "image (a 3-D array is read as a batch of maps)."
+                )
+            label_maps = []
+            for index, (label_map, image) in enumerate(zip(maps, images)):
+                label_map = _label_map_to_numpy(label_map, index)
+                if label_map.shape != tuple(image.shape[-2:]):
+                    raise ValueError(
+                        f"Segmentation map {index} has size {label_map.shape} (height, width) but its image has "
+                        f"{tuple(image.shape[-2:])}; each map must label its own image pixel for pixel."
+                    )
+                label_maps.append(reduce_labels(label_map, ignore_index) if do_reduce_labels else label_map)
+
+        processed = []
+        for index, image in enumerate(images):
+            height, width = image.shape[-2:]
+            new_height, new_width = get_resize_output_size(height, width, size) if do_resize else (height, width)
+            if isinstance(image, torch.Tensor) and not image.is_floating_point():
+                # torchvision's normalize needs floats; NumPy's rescale/normalize convert by themselves.
+                image = image.float()
+            if (new_height, new_width) != (height, width):
+                image = self.resize(image, SizeDict(height=new_height, width=new_width), resample=resample)
+                if label_maps is not None:
+                    label_maps[index] = resize_label_map(label_maps[index], new_height, new_width)
+            if do_rescale:
+                image = self.rescale(image, rescale_factor)
+            if do_normalize:
+                image = self.normalize(image, image_mean, image_std)
+            processed.append(image)
+
+        sizes = {tuple(image.shape[-2:]) for image in processed}
+        if not do_pad and len(sizes) > 1:
+            raise ValueError(
+                f"Images of different sizes {sorted(sizes)} cannot form one batch without padding: leave "
+                "`do_pad=True` (the padding is recorded in `pixel_mask`) or process them one at a time."
+            )
+        # Padding to the batch's largest size is a no-op for equal sizes but still yields the all-ones pixel mask.
+        pixel_values, pixel_mask = self.pad(processed, pad_size=pad_size if do_pad else None, return_mask=True)
+        data = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+        if label_maps is not None:
+            padded_height, padded_width = pixel_values[0].shape[-2:]
+            data["labels"] = [
+                np.pad(
+                    label_map,
+                    ((0, padded_height - label_map.shape[0]), (0, padded_width - label_map.shape[1])),
+                    constant_values=ignore_index,
+                )
+                for label_map in label_maps
+            ]
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs,
+        target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | np.ndarray | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
+        """
+        Label maps (and optionally per-class scores) from the output of [`SegViTForSemanticSegmentation`].
+
+        Scores at a size other than the model input's are computed from `class_queries_logits` and
+        `masks_queries_logits`: the mask logits are resized to the target size and only then go through the sigmoid
+        (as the model's own prediction at the input size), never by resizing label maps. At the input size, the
+        scores are the model's `logits`.
+
+        Args:
+            outputs ([`SegViTSemanticSegmenterOutput`]):
+                Raw outputs of the model for a batch processed by this image processor.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch_size, 2)`, *optional*):
+                `(height, width)` of each result, usually each image's original size. Defaults to each image's size
+                inside the model input.
+            pixel_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*):
+                The `pixel_mask` this processor returned with the batch. Needed when images of different sizes were
+                padded to one size: each prediction is cropped to its image before resizing.
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Return [`SemanticSegmentationPostProcessorOutput`]s with the `(num_labels, height, width)` scores too.
+
+        Returns:
+            One entry per image: a `(height, width)` int64 label map, or a
+            [`SemanticSegmentationPostProcessorOutput`] with `segmentation` and `segmentation_scores`.
+        """
+        for name in ("logits", "class_queries_logits", "masks_queries_logits"):
+            if getattr(outputs, name, None) is None:
+                raise TypeError(
+                    f"`outputs` must be a SegViTSemanticSegmenterOutput (with `logits`, `class_queries_logits` and "
+                    f"`masks_queries_logits`); `{name}` is missing from {type(outputs).__name__}."
+                )
+        logits = outputs.logits
+        batch_size = logits.shape[0]
+        input_size = tuple(logits.shape[-2:])
+        if pixel_mask is None:
+            valid_sizes = [input_size] * batch_size
+        else:
+            valid_sizes = _valid_sizes_from_pixel_mask(pixel_mask, batch_size, input_size)
+        target_sizes = valid_sizes if target_sizes is None else _as_target_sizes(target_sizes, batch_size)
+        masks_queries_logits = outputs.masks_queries_logits
+        cell_size = mask_cell_size(masks_queries_logits.shape[-2:], input_size, (self.patch_size, self.patch_size))
+
+        results = []
+        for index, (valid_size, target_size) in enumerate(zip(valid_sizes, target_sizes)):
+            if target_size == valid_size:
+                scores = logits[index, :, : valid_size[0], : valid_size[1]]
+            else:
+                scores = class_scores_at_size(
+                    outputs.class_queries_logits[index],
+                    masks_queries_logits[index],
+                    input_size,
+                    cell_size,
+                    valid_size,
+                    target_size,
+                )
+            results.append(
+                SemanticSegmentationPostProcessorOutput(
+                    data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
+                )
+            )
+        if not return_segmentation_scores:
+            return [result.segmentation for result in results]
+        return results
+
+
+def _looks_rescaled(image: np.ndarray | torch.Tensor) -> bool:
+    if isinstance(image, np.ndarray):
+        return np.issubdtype(image.dtype, np.floating) and image.min() >= 0 and image.max() <= 1
+    return image.is_floating_point() and bool(image.min() >= 0) and bool(image.max() <= 1)
+
+
+class SegViTImageProcessorPil(_SegViTImageProcessingMixin, PilBackend):
+    r"""
+    SegViT image processor on PIL / NumPy.
+
+    Resizes each image (by default the paper's test protocol: short side to 512, long side at most 2048, aspect kept;
+    [`~SegViTImageProcessorPil.from_preset`] sets a released model's values), rescales to [0, 1], normalises, and pads
+    images of different sizes at the bottom/right into one batch, recording the valid region in `pixel_mask`.
+    Segmentation maps are resized with nearest neighbour, optionally reduced (`do_reduce_labels`), padded with
+    `ignore_index`, and returned as int64 `labels`.
+
+    Args:
+        do_resize (`bool`, *optional*, defaults to `True`): whether to resize.
+        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 512, "longest_edge": 2048}`):
+            `{"shortest_edge", "longest_edge"}` (aspect kept, both bounds respected, as the official test pipeline),
+            `{"shortest_edge"}` or a fixed `{"height", "width"}`.
+        resample (`PILImageResampling`, *optional*, defaults to `BILINEAR`): image resampling filter.
+        do_rescale (`bool`, *optional*, defaults to `True`), rescale_factor (`float`, *optional*, defaults to 1/255).
+        do_normalize (`bool`, *optional*, defaults to `True`), image_mean / image_std (*optional*, default ImageNet):
+            `(0.5, 0.5, 0.5)` for both maps to [-1, 1], as the ViT-L "jax" models expect.
+        do_convert_rgb (`bool`, *optional*, defaults to `True`): convert grayscale and RGBA (onto white) to RGB.
+        do_pad (`bool`, *optional*, defaults to `True`), pad_size (*optional*): pad to the batch's largest size, or to
+            `pad_size`.
+        do_reduce_labels (`bool`, *optional*, defaults to `False`), ignore_index (`int`, *optional*, defaults to 255),
+        patch_size (`int`, *optional*, defaults to 16): see [`SegViTImageProcessorKwargs`].
+
+    Example:
+
+    ```python
+    >>> from PIL import Image
+    >>> from segvit_hf import SegViTImageProcessor
+
+    >>> processor = SegViTImageProcessor.from_preset("ade20k-vit-b")
+    >>> inputs = processor(images=Image.new("RGB", (640, 480)), return_tensors="pt")
+    >>> inputs["pixel_values"].shape
+    torch.Size([1, 3, 512, 683])
+    ```
+    """
+
+    def __init__(self, **kwargs: Unpack[SegViTImageProcessorKwargs]):
+        super().__init__(**kwargs)
+
+
+IMAGE_PROCESSOR_CLASSES: dict[str, type] = {"pil": SegViTImageProcessorPil}
+
+if is_torchvision_available():
+    from transformers.image_processing_backends import TorchvisionBackend
+
+    class SegViTImageProcessor(_SegViTImageProcessingMixin, TorchvisionBackend):
+        r"""
+        SegViT image processor on torchvision (tensors, optionally on GPU via `device=`); same options and results
+        layout as [`SegViTImageProcessorPil`].
+        """
+
+        def __init__(self, **kwargs: Unpack[SegViTImageProcessorKwargs]):
+            super().__init__(**kwargs)
+
+    IMAGE_PROCESSOR_CLASSES["torchvision"] = SegViTImageProcessor
+else:
+    # transformers' convention: without torchvision the plain name resolves to the PIL class.
+    SegViTImageProcessor = SegViTImageProcessorPil
+
+
+__all__ = [
+    "IMAGE_PROCESSOR_CLASSES",
+    "SegViTImageProcessor",
+    "SegViTImageProcessorKwargs",
+    "SegViTImageProcessorPil",
+    "get_image_size",
+    "get_resize_output_size",
+]

@@ -1,0 +1,323 @@
+"""SegViTImageProcessor: options of the paper's protocol, input formats, mixed-size batches, labels, post-processing."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from test_modeling_segvit import SegViTModelTester
+from transformers import AutoImageProcessor
+
+from segvit_hf import (
+    SegViTForSemanticSegmentation,
+    SegViTImageProcessor,
+    SegViTImageProcessorPil,
+    image_processing_segvit,
+)
+from segvit_hf.image_processing_segvit import get_resize_output_size
+from segvit_hf.modeling_segvit import (
+    SegViTSemanticSegmenterOutput,
+    combine_class_and_mask_scores,
+    upsample_mask_logits,
+)
+
+
+def random_rgb(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def processor():
+    # The tiny model's crop is 64: short side to 64, long side at most 128.
+    return SegViTImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 128})
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return SegViTForSemanticSegmentation(SegViTModelTester().get_config()).eval()
+
+
+def test_default_processor_is_the_pil_backend_without_torchvision():
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        assert SegViTImageProcessor is SegViTImageProcessorPil
+    processor = SegViTImageProcessor()
+    assert dict(processor.size) == {"shortest_edge": 512, "longest_edge": 2048}
+    assert processor.model_input_names == ["pixel_values", "pixel_mask"]
+
+
+def test_save_and_load_round_trip(tmp_path, processor):
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "SegViTImageProcessor"
+    assert saved["size"] == {"shortest_edge": 64, "longest_edge": 128}
+
+    # AutoImageProcessor picks the torchvision backend when torchvision is installed, as for transformers' models.
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is SegViTImageProcessor
+    reloaded = SegViTImageProcessorPil.from_pretrained(tmp_path)
+    assert reloaded.to_dict() == processor.to_dict()
+    image = random_rgb(40, 70)
+    np.testing.assert_array_equal(processor(image)["pixel_values"][0], reloaded(image)["pixel_values"][0])
+
+
+@pytest.mark.parametrize(
+    "preset, size, mean, reduce",
+    [
+        ("ade20k-vit-b", {"shortest_edge": 512, "longest_edge": 2048}, (0.485, 0.456, 0.406), True),
+        ("ade20k-vit-l", {"shortest_edge": 640, "longest_edge": 2048}, (0.5, 0.5, 0.5), True),
+        ("cocostuff10k-vit-l-shrunk", {"shortest_edge": 512, "longest_edge": 2048}, (0.5, 0.5, 0.5), True),
+        ("pascal-context-vit-l", {"shortest_edge": 520}, (0.5, 0.5, 0.5), True),
+    ],
+)
+def test_from_preset_uses_the_official_test_protocol(preset, size, mean, reduce):
+    processor = SegViTImageProcessor.from_preset(preset)
+    assert dict(processor.size) == size
+    assert tuple(processor.image_mean) == mean
+    assert processor.do_reduce_labels is reduce
+
+
+def test_from_preset_options():
+    assert SegViTImageProcessor.from_preset("pascal-context-vit-l", with_background=True).do_reduce_labels is False
+    assert dict(SegViTImageProcessor.from_preset("ade20k-vit-b", size={"height": 512, "width": 512}).size) == {
+        "height": 512,
+        "width": 512,
+    }
+    with pytest.raises(ValueError, match="Unknown SegViT preset"):
+        SegViTImageProcessor.from_preset("ade20k-vit-h")
+
+
+@pytest.mark.parametrize(
+    "image_size, size, expected",
+    [
+        ((480, 640), {"shortest_edge": 512, "longest_edge": 2048}, (512, 683)),  # short side to the crop
+        ((640, 480), {"shortest_edge": 512, "longest_edge": 2048}, (683, 512)),
+        ((100, 1000), {"shortest_edge": 512, "longest_edge": 2048}, (205, 2048)),  # long side capped
+        ((256, 300), {"shortest_edge": 512, "longest_edge": 2048}, (512, 600)),  # small images scaled up
+        ((375, 500), {"shortest_edge": 520}, (520, 693)),  # PASCAL-Context: short side to 520
+        ((375, 500), {"shortest_edge": 64}, (64, 85)),
+        ((375, 500), {"height": 64, "width": 48}, (64, 48)),
+    ],
+)
+def test_resize_output_size(image_size, size, expected):
+    assert get_resize_output_size(*image_size, size) == expected
+
+
+def test_resize_output_size_rejects_other_size_dicts():
+    with pytest.raises(ValueError, match="shortest_edge"):
+        get_resize_output_size(10, 10, {"max_height": 5, "max_width": 5})
+
+
+def test_resize_rescale_normalize():
+    image = np.full((30, 60, 3), 255, dtype=np.uint8)
+    jax = SegViTImageProcessor(
+        size={"shortest_edge": 64, "longest_edge": 256}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    pixel_values = jax(image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 64, 128)
+    assert pixel_values.dtype == torch.float32
+    torch.testing.assert_close(pixel_values, torch.ones_like(pixel_values))  # [0, 255] -> [-1, 1]
+
+    imagenet = SegViTImageProcessor(do_resize=False)
+    pixel_values = imagenet(image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 30, 60)
+    expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(pixel_values[0, :, 0, 0], expected)
+
+
+def test_input_formats_give_the_same_pixels(processor):
+    rgb = random_rgb(40, 50)
+    reference = processor(rgb, return_tensors="pt")["pixel_values"]
+    for image in (
+        Image.fromarray(rgb),
+        rgb.transpose(2, 0, 1),  # (C, H, W)
+        torch.from_numpy(rgb.transpose(2, 0, 1).copy()),
+        Image.fromarray(np.dstack([rgb, np.full((40, 50), 255, np.uint8)])),  # opaque RGBA
+    ):
+        torch.testing.assert_close(processor(image, return_tensors="pt")["pixel_values"], reference)
+
+
+def test_grayscale_and_transparent_images_become_rgb(processor):
+    gray = random_rgb(40, 50)[..., 0]
+    as_rgb = processor(np.repeat(gray[..., None], 3, axis=-1), return_tensors="pt")["pixel_values"]
+    for image in (gray, Image.fromarray(gray), gray[..., None], torch.from_numpy(gray)):
+        torch.testing.assert_close(processor(image, return_tensors="pt")["pixel_values"], as_rgb)
+
+    transparent = Image.fromarray(np.zeros((40, 50, 4), np.uint8), mode="RGBA")
+    white = processor(np.full((40, 50, 3), 255, np.uint8), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(processor(transparent, return_tensors="pt")["pixel_values"], white)
+
+
+def test_mixed_size_batch_is_padded_and_the_valid_region_recorded(processor):
+    images = [random_rgb(32, 32, seed=1), random_rgb(60, 30, seed=2), random_rgb(20, 50, seed=3)]
+    batch = processor(images, return_tensors="pt")
+    # (32, 32) -> (64, 64); (60, 30) -> (128, 64); (20, 50) -> (64, 160) capped -> (51, 128)
+    assert batch["pixel_values"].shape == (3, 3, 128, 128)
+    assert batch["pixel_mask"].shape == (3, 128, 128) and batch["pixel_mask"].dtype == torch.int64
+    for index, (height, width) in enumerate([(64, 64), (128, 64), (51, 128)]):
+        alone = processor(images[index], return_tensors="pt")["pixel_values"][0]
+        assert alone.shape[-2:] == (height, width)
+        torch.testing.assert_close(batch["pixel_values"][index, :, :height, :width], alone)
+        assert batch["pixel_mask"][index, :height, :width].all()
+        assert batch["pixel_mask"][index].sum() == height * width
+        assert (batch["pixel_values"][index][:, batch["pixel_mask"][index] == 0] == 0).all()
+
+
+def test_equal_sizes_get_an_all_ones_mask(processor):
+    batch = processor([random_rgb(32, 32), random_rgb(32, 32, seed=1)], return_tensors="pt")
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    assert batch["pixel_mask"].all()
+
+
+def test_pad_size_and_do_pad_false(processor):
+    batch = processor(random_rgb(32, 32), pad_size={"height": 96, "width": 80}, return_tensors="pt")
+    assert batch["pixel_values"].shape == (1, 3, 96, 80)
+    assert batch["pixel_mask"].sum() == 64 * 64
+    with pytest.raises(ValueError, match="different sizes"):
+        processor([random_rgb(32, 32), random_rgb(40, 32)], do_pad=False, return_tensors="pt")
+
+
+def test_segmentation_maps_resized_nearest_padded_with_ignore_index(processor):
+    images = [random_rgb(32, 32), random_rgb(60, 30)]
+    maps = [np.zeros((32, 32), np.uint8), np.zeros((60, 30), np.uint8)]
+    maps[0][:, 16:] = 7
+    maps[0][:8] = 255
+    maps[1][30:] = 3
+    batch = processor(images, segmentation_maps=maps, return_tensors="pt")
+    labels = batch["labels"]
+    assert labels.shape == (2, 128, 64) and labels.dtype == torch.int64
+    assert set(labels[0, :64].unique().tolist()) == {0, 7, 255}  # nearest: no blended ids
+    assert (labels[0, :16] == 255).all() and (labels[0, 16:64, 32:] == 7).all() and (labels[0, 16:64, :32] == 0).all()
+    assert (labels[0, 64:] == 255).all()  # the padding is ignored
+    assert (labels[1, :64] == 0).all() and (labels[1, 64:] == 3).all()
+
+
+def test_reduce_labels(processor):
+    label_map = np.array([[0, 1, 2], [150, 255, 3]], dtype=np.uint8)
+    image = random_rgb(2, 3)
+    labels = processor(image, segmentation_maps=label_map, do_resize=False, do_reduce_labels=True)["labels"][0]
+    np.testing.assert_array_equal(labels, [[255, 0, 1], [149, 255, 2]])
+    kept = processor(image, segmentation_maps=Image.fromarray(label_map), do_resize=False)["labels"][0]
+    np.testing.assert_array_equal(kept, label_map)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (Image.new("RGB", (0, 10)), "empty image"),
+        (np.zeros((10, 0, 3), np.uint8), "empty image"),
+        (np.zeros((10, 12, 2), np.uint8), "1 \\(grayscale\\), 3 \\(RGB\\) or 4 \\(RGBA\\) channels"),
+        (np.zeros((5, 10, 12), np.uint8), "channels"),
+        (np.zeros((2, 3, 10, 12, 3), np.uint8), "channels"),
+    ],
+)
+def test_bad_images_raise_value_errors(processor, image, message):
+    with pytest.raises(ValueError, match=message):
+        processor(image)
+
+
+def test_bad_segmentation_maps_raise_value_errors(processor):
+    image = random_rgb(20, 30)
+    with pytest.raises(ValueError, match=r"has size \(20, 31\).*its image has \(20, 30\)"):
+        processor(image, segmentation_maps=np.zeros((20, 31), np.uint8))
+    with pytest.raises(ValueError, match="2 segmentation maps for 1 images"):
+        processor([image], segmentation_maps=[np.zeros((20, 30), np.uint8)] * 2)
+    with pytest.raises(ValueError, match="single-channel"):
+        processor([image], segmentation_maps=[np.zeros((20, 30, 3), np.uint8)])
+    with pytest.raises(ValueError, match="class ids"):
+        processor(image, segmentation_maps=np.full((20, 30), 0.5))
+
+
+def test_post_process_equals_the_model_logits_at_the_input_size(processor, tiny_model):
+    batch = processor([random_rgb(32, 48, seed=1), random_rgb(32, 48, seed=2)], return_tensors="pt")
+    with torch.no_grad():
+        outputs = tiny_model(**batch)
+    results = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(64, 96), (64, 96)], return_segmentation_scores=True
+    )
+    for index, result in enumerate(results):
+        assert torch.equal(result.segmentation_scores, outputs.logits[index])
+        assert torch.equal(result.segmentation, outputs.logits[index].argmax(0))
+    default = processor.post_process_semantic_segmentation(outputs)
+    assert all(torch.equal(label_map, outputs.logits[i].argmax(0)) for i, label_map in enumerate(default))
+
+
+def test_post_process_mixed_sizes_crops_each_image(processor, tiny_model):
+    images = [random_rgb(30, 30, seed=1), random_rgb(50, 25, seed=2)]
+    batch = processor(images, return_tensors="pt")  # (64, 64) and (128, 64) in a (128, 64) batch
+    with torch.no_grad():
+        outputs = tiny_model(**batch)
+    cropped = processor.post_process_semantic_segmentation(
+        outputs, pixel_mask=batch["pixel_mask"], return_segmentation_scores=True
+    )
+    assert cropped[0].segmentation.shape == (64, 64) and cropped[1].segmentation.shape == (128, 64)
+    assert torch.equal(cropped[0].segmentation_scores, outputs.logits[0, :, :64, :64])
+
+    original = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(30, 30), (50, 25)], pixel_mask=batch["pixel_mask"]
+    )
+    assert [tuple(label_map.shape) for label_map in original] == [(30, 30), (50, 25)]
+    assert all(label_map.dtype == torch.int64 for label_map in original)
+
+
+def test_post_process_resizes_mask_logits_before_the_sigmoid(processor):
+    # Outputs as the model builds them for a (64, 90) input (not a multiple of the patch size: a 4 x 6 token grid),
+    # with confident masks so that the order of resizing and sigmoid matters.
+    class_logits, mask_logits = torch.randn(1, 5, 6), 6 * torch.randn(1, 5, 4, 6)
+    logits = combine_class_and_mask_scores(class_logits, upsample_mask_logits(mask_logits, (64, 90), (16, 16)))
+    outputs = SegViTSemanticSegmenterOutput(
+        logits=logits, class_queries_logits=class_logits, masks_queries_logits=mask_logits
+    )
+    target = (40, 56)
+    scores = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[target], return_segmentation_scores=True
+    )[0].segmentation_scores
+    assert scores.shape == (5, *target)
+
+    masks = upsample_mask_logits(mask_logits, (64, 90), (16, 16))
+    masks = F.interpolate(masks, size=target, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(scores, combine_class_and_mask_scores(class_logits, masks)[0])
+    resized_scores = F.interpolate(logits, size=target, mode="bilinear", align_corners=False)[0]
+    assert not torch.allclose(scores, resized_scores, atol=1e-3)
+
+
+def test_post_process_chunks_queries_without_changing_scores(processor, tiny_model, monkeypatch):
+    batch = processor(random_rgb(40, 56), return_tensors="pt")
+    with torch.no_grad():
+        outputs = tiny_model(**batch)
+    whole = processor.post_process_semantic_segmentation(outputs, [(37, 53)], return_segmentation_scores=True)
+    monkeypatch.setattr(image_processing_segvit, "_MAX_RESIZED_MASK_ELEMENTS", 2 * 37 * 53)
+    chunked = processor.post_process_semantic_segmentation(outputs, [(37, 53)], return_segmentation_scores=True)
+    torch.testing.assert_close(chunked[0].segmentation_scores, whole[0].segmentation_scores)
+
+
+def test_post_process_errors(processor, tiny_model):
+    batch = processor(random_rgb(32, 32), return_tensors="pt")
+    with torch.no_grad():
+        outputs = tiny_model(**batch)
+    with pytest.raises(ValueError, match="2 target sizes for a batch of 1"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(32, 32), (32, 32)])
+    with pytest.raises(ValueError, match="positive"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(0, 32)])
+    with pytest.raises(ValueError, match="pixel_mask"):
+        processor.post_process_semantic_segmentation(outputs, pixel_mask=torch.ones(1, 32, 32))
+    with pytest.raises(TypeError, match="class_queries_logits"):
+        processor.post_process_semantic_segmentation(outputs.logits)
+
+
+def test_torchvision_backend_matches_pil():
+    pytest.importorskip("torchvision")
+    from segvit_hf.image_processing_segvit import SegViTImageProcessor as TorchvisionProcessor
+
+    assert TorchvisionProcessor is not SegViTImageProcessorPil
+    options = {"size": {"shortest_edge": 64, "longest_edge": 128}}
+    images = [random_rgb(32, 32), random_rgb(60, 30, seed=1)]
+    maps = [np.full((32, 32), 3, np.uint8), np.full((60, 30), 0, np.uint8)]
+    pil = SegViTImageProcessorPil(**options)(images, segmentation_maps=maps, return_tensors="pt")
+    tv = TorchvisionProcessor(**options)(images, segmentation_maps=maps, return_tensors="pt")
+    assert tv["pixel_values"].shape == pil["pixel_values"].shape
+    torch.testing.assert_close(tv["pixel_values"], pil["pixel_values"], atol=0.1, rtol=0)
+    assert torch.equal(tv["pixel_mask"], pil["pixel_mask"]) and torch.equal(tv["labels"], pil["labels"])

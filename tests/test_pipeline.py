@@ -1,0 +1,68 @@
+"""transformers' image-segmentation pipeline and Auto classes on a saved SegViT checkpoint directory."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_modeling_segvit import SegViTModelTester
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging
+
+from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("segvit-tiny")
+    torch.manual_seed(0)
+    model = SegViTForSemanticSegmentation(SegViTModelTester().get_config())
+    model.save_pretrained(directory)
+    SegViTImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(directory)
+    return directory
+
+
+def photo(height=50, width=70):
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_auto_classes_load_the_checkpoint(checkpoint):
+    assert type(AutoImageProcessor.from_pretrained(checkpoint)) is SegViTImageProcessor
+    assert type(AutoModelForSemanticSegmentation.from_pretrained(checkpoint)) is SegViTForSemanticSegmentation
+
+
+def test_pipeline_returns_one_mask_per_present_class_without_logging_errors(checkpoint):
+    logger = logging.get_logger("transformers")
+    with CaptureLogger(logger) as captured:
+        segmenter = pipeline("image-segmentation", model=str(checkpoint))
+        segments = segmenter(photo())
+    assert "not supported" not in captured.out
+    assert isinstance(segmenter.model, SegViTForSemanticSegmentation)
+
+    labels = [segment["label"] for segment in segments]
+    assert len(labels) == len(set(labels)) >= 1
+    assert set(labels) <= set(segmenter.model.config.id2label.values())
+    coverage = np.zeros((50, 70), dtype=np.int64)
+    for segment in segments:
+        assert segment["mask"].mode == "L" and segment["mask"].size == (70, 50)
+        coverage += np.array(segment["mask"]) == 255
+    np.testing.assert_array_equal(coverage, 1)  # the masks partition the image
+
+
+def test_pipeline_agrees_with_the_three_line_inference(checkpoint):
+    image = photo()
+    segments = pipeline("image-segmentation", model=str(checkpoint), subtask="semantic")(image)
+
+    processor = AutoImageProcessor.from_pretrained(checkpoint)
+    model = AutoModelForSemanticSegmentation.from_pretrained(checkpoint)
+    with torch.no_grad():
+        outputs = model(**processor(images=image, return_tensors="pt"))
+    label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[(image.height, image.width)])[0]
+
+    assert sorted(segment["label"] for segment in segments) == sorted(
+        model.config.id2label[int(label)] for label in label_map.unique()
+    )
+    label2id = {name: label for label, name in model.config.id2label.items()}
+    for segment in segments:
+        label = label2id[segment["label"]]
+        np.testing.assert_array_equal(np.array(segment["mask"]) == 255, (label_map == label).numpy())
