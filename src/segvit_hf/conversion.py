@@ -15,6 +15,8 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -323,8 +325,19 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m segvit_hf.conversion",
         description="Convert an official SegViT checkpoint (mmseg layout) into a transformers checkpoint directory.",
     )
-    parser.add_argument("checkpoint", help="official .pth file")
-    parser.add_argument("output_dir", help="directory to write config.json and model.safetensors to")
+    parser.add_argument("checkpoint", help="official .pth file; with --all, the directory holding the released files")
+    parser.add_argument(
+        "output_dir",
+        help="directory to write config.json and model.safetensors to; with --all, the parent of one directory per "
+        "preset",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="convert every released checkpoint found in the source directory, recognised by its file name, each "
+        "with its processor settings, model card and model code",
+    )
+    parser.add_argument("--push-to-hub", metavar="ORG", help="with --all: upload each model to ORG/segvit-<preset>")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="architecture and labels of a released model")
     parser.add_argument("--num-attention-heads", type=int)
     parser.add_argument("--decoder-num-attention-heads", type=int)
@@ -332,6 +345,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, help="training crop size")
     parser.add_argument("--shrink-index", type=int)
     args = parser.parse_args(argv)
+    if args.all:
+        overrides = ("preset", "num_attention_heads", "decoder_num_attention_heads", "out_indices", "image_size",
+                     "shrink_index")
+        given = [name for name in overrides if getattr(args, name) is not None]
+        if given:
+            parser.error(f"--all takes the architecture from each file's preset; drop {', '.join(given)}.")
+        results = convert_released_checkpoints(args.checkpoint, args.output_dir, push_to_hub=args.push_to_hub)
+        converted = sum(result.status == "converted" for result in results)
+        failed = sum(result.status == "failed" for result in results)
+        print(f"{converted} of {len(results)} released checkpoints converted, {failed} failed.")
+        if failed or not converted:
+            raise SystemExit(1)
+        return
+    if args.push_to_hub:
+        parser.error("--push-to-hub is for --all; push a single model with segvit_hf.hub.push_to_hub.")
     model = convert_official_checkpoint(
         args.checkpoint,
         num_attention_heads=args.num_attention_heads,
@@ -343,6 +371,85 @@ def main(argv: list[str] | None = None) -> None:
     )
     model.save_pretrained(args.output_dir)
     print(f"Wrote {type(model).__name__} ({model.config.num_labels} classes) to {args.output_dir}")
+
+
+@dataclass
+class ReleasedCheckpointConversion:
+    """
+    What `--all` did with one released file: `status` is `"converted"`, `"missing"` (not in the source directory),
+    `"not implemented"` (the model variant is not available yet) or `"failed"` (with the error in `message`).
+    """
+
+    file_name: str
+    preset: str
+    status: str
+    output_dir: str | None = None
+    num_labels: int | None = None
+    repo_id: str | None = None
+    message: str = ""
+
+
+def convert_released_checkpoints(
+    source_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    push_to_hub: str | None = None,
+    api=None,
+) -> list[ReleasedCheckpointConversion]:
+    """
+    Converts each of the seven released checkpoints found in `source_dir` (recognised by the file names of the
+    release, `PRESETS[name].official_checkpoint`) into `output_dir/segvit-<preset>`: weights, configuration (class
+    count read from the tensors: PASCAL-Context files may hold 59 or 60 classes), the preset's image-processor
+    settings, a model card, and the model code so the directory loads with transformers alone. With `push_to_hub`
+    (an organisation or user name) each result is uploaded to `<push_to_hub>/segvit-<preset>` (`api`: the
+    `huggingface_hub.HfApi` to use). One file's failure is reported and the others go on; a line per file is printed.
+    """
+    from .hub import model_card, push_folder_to_hub, save_pretrained_with_code
+    from .image_processing_segvit import SegViTImageProcessor
+
+    source_dir, output_dir = Path(source_dir), Path(output_dir)
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"{source_dir} is not a directory of released checkpoints.")
+    results = []
+    for preset in PRESETS.values():
+        if preset.official_checkpoint is None:
+            continue
+        result = ReleasedCheckpointConversion(preset.official_checkpoint, preset.name, "missing")
+        results.append(result)
+        path = source_dir / preset.official_checkpoint
+        if not path.is_file():
+            print(f"{preset.official_checkpoint}: missing from {source_dir}")
+            continue
+        try:
+            model = convert_official_checkpoint(path, preset=preset.name)
+            destination = output_dir / f"segvit-{preset.name}"
+            repo_id = f"{push_to_hub}/segvit-{preset.name}" if push_to_hub else None
+            with_background = preset.dataset == "pascal-context" and model.config.num_labels == 60
+            processor = SegViTImageProcessor.from_preset(preset.name, with_background=with_background)
+            save_pretrained_with_code(model, destination, processor)
+            model_card(
+                destination,
+                preset=preset.name,
+                config=model.config,
+                model_id=repo_id,
+                num_parameters=model.num_parameters(),
+            )
+            result.output_dir, result.num_labels = str(destination), model.config.num_labels
+            del model
+            if repo_id is not None:
+                message = f"Convert {preset.official_checkpoint}"
+                push_folder_to_hub(destination, repo_id, commit_message=message, api=api)
+                result.repo_id = repo_id
+            result.status = "converted"
+            print(f"{preset.official_checkpoint}: {preset.name}, {result.num_labels} classes -> {destination}"
+                  + (f" -> {repo_id}" if repo_id else ""))
+        except NotImplementedError as error:
+            result.status, result.message = "not implemented", str(error)
+            print(f"{preset.official_checkpoint}: not converted, {preset.name} is not implemented yet ({error})")
+        except Exception as error:  # one bad file must not stop the others; the error is reported and fails the run
+            result.status, result.message = "failed", f"{type(error).__name__}: {error}"
+            print(f"{preset.official_checkpoint}: FAILED ({result.message})")
+    return results
 
 
 if __name__ == "__main__":

@@ -440,7 +440,8 @@ def mask_cell_size(mask_grid: tuple[int, int], image_size: tuple[int, int], patc
     cell = []
     for cells, pixels, patch in zip(mask_grid, image_size, patch_size):
         tokens = -(-pixels // patch)
-        cell.append(patch * max(1, round(tokens / cells)))
+        # float(): under torch.jit.trace (FLOP counting) sizes are 0-d tensors, which round() rejects.
+        cell.append(patch * max(1, round(float(tokens / cells))))
     return tuple(cell)
 
 
@@ -735,6 +736,7 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        pixel_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> SegViTSemanticSegmenterOutput | tuple:
         """
@@ -745,6 +747,10 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
                 Class ids in `[0, num_labels)`, or `config.ignore_index` for unlabelled pixels, at the input size.
                 When given, the ATM loss is computed.
             output_hidden_states, output_attentions, return_dict: see [`SegViTModel.forward`].
+            pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                What `SegViTImageProcessor` returns beside `pixel_values` (1 on image pixels, 0 on batch padding), so
+                that `model(**image_processor(images))` works. The network does not use it: like the official model it
+                sees padded pixels. Pass it to `post_process_semantic_segmentation` to crop each prediction.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
@@ -784,6 +790,26 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
             attentions=encoder_outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    @classmethod
+    def from_vit_pretrained(cls, pretrained_vit, config_or_preset, **kwargs):
+        """
+        A SegViT whose encoder starts from pretrained ViT weights (a transformers ViT Hub id or directory, or a timm
+        checkpoint) and whose ATM decoder is freshly initialised; position embeddings are resized bicubically to the
+        crop and the CLS token is dropped. See [`segvit_hf.pretrained.segvit_from_vit_pretrained`] for the arguments
+        (`id2label`, `output_loading_info`, `ignore_mismatched_sizes`, Hub options, configuration overrides).
+
+        Example:
+
+        ```python
+        >>> model = SegViTForSemanticSegmentation.from_vit_pretrained(
+        ...     "google/vit-base-patch16-384", "ade20k-vit-b", id2label={0: "background", 1: "road"}
+        ... )
+        ```
+        """
+        from .pretrained import segvit_from_vit_pretrained
+
+        return segvit_from_vit_pretrained(pretrained_vit, config_or_preset, model_class=cls, **kwargs)
 
 
 __all__ = [
