@@ -180,3 +180,16 @@ def test_shrunk_preset_reads_labels_and_layout():
     assert model.config.shrink_index == 8 and model.config.out_indices == [7, 23]
     assert model.config.num_labels == 59 and model.config.id2label[0] == "aeroplane"
     assert model.decode_head.query_upsampler.queries.weight.shape == (30 * 30, 16)
+
+
+def test_cli_with_a_preset_writes_the_preset_processor(tmp_path):
+    from segvit_hf import SegViTImageProcessor
+
+    state_dict = _official_checkpoint(hidden_size=48, num_heads=4, decoder_dim=24, decoder_num_heads=4, num_classes=150,
+                                      crop=512, num_layers=12)
+    path = tmp_path / "ade.pth"
+    torch.save({"state_dict": state_dict}, path)
+    main([str(path), str(tmp_path / "out"), "--preset", "ade20k-vit-b", "--num-attention-heads", "4",
+          "--decoder-num-attention-heads", "4"])
+    processor = SegViTImageProcessor.from_pretrained(tmp_path / "out")
+    assert processor.size["shortest_edge"] == 512 and processor.do_reduce_labels

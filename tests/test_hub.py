@@ -348,30 +348,20 @@ def test_all_released_checkpoints_convert_with_processor_card_and_code(tmp_path,
     assert len(local_hub.commits) == 7
 
 
-def test_all_reports_each_file_and_goes_on(tmp_path, capsys, monkeypatch):
-    import segvit_hf.conversion as conversion
-
+def test_all_reports_each_file_and_goes_on(tmp_path, capsys):
     source = tmp_path / "release"
     source.mkdir()
     write_released_checkpoint(source, "ade20k-vit-b")
     write_released_checkpoint(source, "cocostuff10k-vit-l-shrunk")
     (source / "COCOstuff_49.9.pth").write_bytes(b"not a checkpoint")
-    original = conversion.convert_official_checkpoint
-
-    def shrunk_not_available(path, **kwargs):
-        if PRESETS[kwargs["preset"]].shrink_index is not None:
-            raise NotImplementedError("the Shrunk SegViT is not implemented")
-        return original(path, **kwargs)
-
-    monkeypatch.setattr(conversion, "convert_official_checkpoint", shrunk_not_available)
     results = {result.file_name: result for result in convert_released_checkpoints(source, tmp_path / "out")}
     assert results["ade_51.3.pth"].status == "converted" and results["ade_51.3.pth"].num_labels == 150
-    assert results["COCOstuff10k_shrunk_49.1.pth"].status == "not implemented"
+    assert results["COCOstuff10k_shrunk_49.1.pth"].status == "converted"
     assert results["COCOstuff_49.9.pth"].status == "failed"
     assert "CheckpointConversionError" in results["COCOstuff_49.9.pth"].message
     assert results["ade_54.6.pth"].status == "missing"
     printed = capsys.readouterr().out
-    assert "COCOstuff10k_shrunk_49.1.pth: not converted" in printed and "ade_54.6.pth: missing" in printed
+    assert "COCOstuff_49.9.pth: FAILED" in printed and "ade_54.6.pth: missing" in printed
     assert (tmp_path / "out" / "segvit-ade20k-vit-b" / "README.md").is_file()
     # A failed file fails the command (after the others were converted).
     with pytest.raises(SystemExit) as exit_info:

@@ -369,15 +369,26 @@ def main(argv: list[str] | None = None) -> None:
         shrink_index=args.shrink_index,
         preset=args.preset,
     )
+    from .image_processing_segvit import SegViTImageProcessor
+
+    if args.preset is not None:
+        with_background = get_preset(args.preset).dataset == "pascal-context" and model.config.num_labels == 60
+        processor = SegViTImageProcessor.from_preset(args.preset, with_background=with_background)
+    else:
+        processor = SegViTImageProcessor(size={"shortest_edge": model.config.encoder_config.image_size})
+        print("No --preset: the image processor uses ImageNet normalisation; ViT-L 'jax' models need [-1, 1] "
+              "(image_mean = image_std = 0.5): edit preprocessor_config.json if so.")
     model.save_pretrained(args.output_dir)
-    print(f"Wrote {type(model).__name__} ({model.config.num_labels} classes) to {args.output_dir}")
+    processor.save_pretrained(args.output_dir)
+    print(f"Wrote {type(model).__name__} ({model.config.num_labels} classes) and its image processor to "
+          f"{args.output_dir}")
 
 
 @dataclass
 class ReleasedCheckpointConversion:
     """
-    What `--all` did with one released file: `status` is `"converted"`, `"missing"` (not in the source directory),
-    `"not implemented"` (the model variant is not available yet) or `"failed"` (with the error in `message`).
+    What `--all` did with one released file: `status` is `"converted"`, `"missing"` (not in the source directory)
+    or `"failed"` (with the error in `message`).
     """
 
     file_name: str
@@ -443,9 +454,6 @@ def convert_released_checkpoints(
             result.status = "converted"
             print(f"{preset.official_checkpoint}: {preset.name}, {result.num_labels} classes -> {destination}"
                   + (f" -> {repo_id}" if repo_id else ""))
-        except NotImplementedError as error:
-            result.status, result.message = "not implemented", str(error)
-            print(f"{preset.official_checkpoint}: not converted, {preset.name} is not implemented yet ({error})")
         except Exception as error:  # one bad file must not stop the others; the error is reported and fails the run
             result.status, result.message = "failed", f"{type(error).__name__}: {error}"
             print(f"{preset.official_checkpoint}: FAILED ({result.message})")
