@@ -137,3 +137,17 @@ def test_shrunk_presets_build():
 def test_invalid_shrunk_configurations(tester, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tester.get_config(**kwargs)
+
+
+def test_single_stage_per_layer_outputs_as_the_official_single_head(tester):
+    """The paper's single-layer ATM ablation: each of the stage's layers is an output; masks are not summed."""
+    cascade = SegViTForSemanticSegmentation(tester.get_config(out_indices=[5])).eval()
+    per_layer = SegViTForSemanticSegmentation(tester.get_config(out_indices=[5], per_layer_outputs=True)).eval()
+    per_layer.load_state_dict(cascade.state_dict())
+    pixel_values, labels = tester.prepare_inputs()
+    single, layered = cascade(pixel_values, labels=labels), per_layer(pixel_values, labels=labels)
+    assert single.auxiliary_logits == [] and len(layered.auxiliary_logits) == 2
+    torch.testing.assert_close(layered.logits, single.logits)
+    assert layered.loss > single.loss  # two more supervised outputs
+    with pytest.raises(ValueError, match="single ATM stage"):
+        tester.get_config(out_indices=[3, 5], per_layer_outputs=True)

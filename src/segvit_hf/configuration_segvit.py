@@ -73,6 +73,10 @@ class SegViTConfig(PreTrainedConfig):
             deep one of the two `out_indices` features through standard transformer decoder layers, and a single
             ATM stage over their output predicts, each of its layers giving class and mask logits. `False`: the
             cascade of ATM stages, one per `out_indices` entry.
+        per_layer_outputs (`bool`, *optional*, defaults to `False`):
+            With a single ATM stage: every ATM layer's class and mask logits form a supervised output (masks not
+            accumulated), the last one being the prediction, as the official single-stage head (`ATMSingleHead`)
+            does; the paper's single-layer ATM and naive-shrunk ablations use it. Query up-sampling always does this.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated-normal initialisation of linear layers.
 
@@ -107,6 +111,7 @@ class SegViTConfig(PreTrainedConfig):
         ignore_index: int = 255,
         shrink_index: int | None = None,
         query_upsampling: bool = False,
+        per_layer_outputs: bool = False,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
@@ -132,6 +137,7 @@ class SegViTConfig(PreTrainedConfig):
         self.ignore_index = ignore_index
         self.shrink_index = shrink_index
         self.query_upsampling = query_upsampling
+        self.per_layer_outputs = per_layer_outputs
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self._validate()
@@ -171,6 +177,11 @@ class SegViTConfig(PreTrainedConfig):
             raise ValueError(
                 f"With query up-sampling the first out_index ({self.out_indices[0]}) must precede `shrink_index` "
                 f"({self.shrink_index}): the queries live on the 1/16 grid of the early feature."
+            )
+        if self.per_layer_outputs and self.num_stages != 1:
+            raise ValueError(
+                f"`per_layer_outputs` needs a single ATM stage (one out_index, or query up-sampling); got out_indices "
+                f"{self.out_indices}."
             )
         for size in _as_pair(encoder.image_size):
             if size % _as_pair(encoder.patch_size)[0]:

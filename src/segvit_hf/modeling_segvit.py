@@ -382,7 +382,7 @@ class SegViTATMDecoder(nn.Module):
       stage's queries. A stage's mask is its last layer's; masks are accumulated over stages (resized to the last
       stage's grid). One output per stage.
     - After query up-sampling (the *Shrunk* model): a single ATM stage over the QU map. One output per layer, masks
-      not accumulated.
+      not accumulated. A one-stage cascade does the same with `config.per_layer_outputs`.
     """
 
     def __init__(self, config: SegViTConfig):
@@ -393,6 +393,7 @@ class SegViTATMDecoder(nn.Module):
         else:
             self.query_upsampler = None
             self.stages = nn.ModuleList(SegViTATMStage(config) for _ in range(config.num_stages))
+        self.per_layer_outputs = config.query_upsampling or config.per_layer_outputs
         self.class_queries = nn.Embedding(config.num_labels, config.decoder_hidden_size)
         self.class_head = nn.Linear(config.decoder_hidden_size, config.num_labels + 1)
 
@@ -406,8 +407,9 @@ class SegViTATMDecoder(nn.Module):
         """
         batch_size = feature_maps[0].shape[0]
         queries = self.class_queries.weight.unsqueeze(0).expand(batch_size, -1, -1)
-        if self.query_upsampler is not None:
-            per_layer = self.stages[0](queries, self.query_upsampler(feature_maps))
+        if self.per_layer_outputs:
+            tokens = self.query_upsampler(feature_maps) if self.query_upsampler is not None else feature_maps[-1]
+            per_layer = self.stages[0](queries, tokens)
             return [(self.class_head(layer_queries), mask_logits) for layer_queries, mask_logits in per_layer]
 
         stage_queries, stage_masks = [], []
@@ -443,6 +445,49 @@ def mask_cell_size(mask_grid: tuple[int, int], image_size: tuple[int, int], patc
         # float(): under torch.jit.trace (FLOP counting) sizes are 0-d tensors, which round() rejects.
         cell.append(patch * max(1, round(float(tokens / cells))))
     return tuple(cell)
+
+
+def bilinear_resize_matrix(source_length: int, target_length: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """
+    `(target_length, source_length)` matrix `R` with `R @ x` = 1-D bilinear resizing of `x` (align_corners=False, the
+    rule of `F.interpolate`). Bilinear resizing is separable: a map `m` resizes to `R_h @ m @ R_w.T`.
+    """
+    position = ((torch.arange(target_length, dtype=torch.float64) + 0.5) * (source_length / target_length) - 0.5)
+    position = position.clamp(min=0)
+    lower = position.floor().long().clamp(max=source_length - 1)
+    upper = (lower + 1).clamp(max=source_length - 1)
+    upper_weight = position - lower
+    matrix = torch.zeros(target_length, source_length, dtype=torch.float64)
+    rows = torch.arange(target_length)
+    matrix.index_put_((rows, lower), 1 - upper_weight, accumulate=True)
+    matrix.index_put_((rows, upper), upper_weight, accumulate=True)
+    return matrix.to(device=device, dtype=dtype)
+
+
+def semantic_scores(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]
+) -> torch.Tensor:
+    """
+    The ATM prediction at full resolution, `(batch, labels, size[0], size[1])`: grid mask logits are bilinearly resized
+    to the pixels they cover (as `upsample_mask_logits`), passed through the sigmoid and combined with the class
+    probabilities (as `combine_class_and_mask_scores`).
+
+    The same numbers, computed a band of rows at a time so that the `(batch, queries, H, W)` full-resolution masks
+    (157 MB per 512x512 ADE20K image in fp32) never exist at once.
+    """
+    batch_size, num_queries, grid_h, grid_w = mask_logits.shape
+    dtype = torch.promote_types(mask_logits.dtype, class_logits.dtype)
+    resize_rows = bilinear_resize_matrix(grid_h, grid_h * cell_size[0], dtype, mask_logits.device)[: size[0]]
+    resize_columns = bilinear_resize_matrix(grid_w, grid_w * cell_size[1], dtype, mask_logits.device)[: size[1]]
+    class_probabilities = class_logits.to(dtype).softmax(dim=-1)[..., :-1].transpose(1, 2)
+    columns_resized = torch.matmul(mask_logits.to(dtype), resize_columns.T)
+    scores = mask_logits.new_empty(batch_size, class_probabilities.shape[1], size[0], size[1], dtype=dtype)
+    rows_per_band = max(1, 2**22 // (num_queries * size[1]))
+    for top in range(0, size[0], rows_per_band):
+        band = torch.matmul(resize_rows[top : top + rows_per_band], columns_resized).sigmoid_()
+        band_scores = torch.matmul(class_probabilities, band.flatten(2))
+        scores[:, :, top : top + rows_per_band] = band_scores.unflatten(-1, (-1, size[1]))
+    return scores
 
 
 def combine_class_and_mask_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
@@ -768,8 +813,7 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
         class_logits, mask_logits = stage_outputs[-1]
         image_size = tuple(pixel_values.shape[-2:])
         cell_size = mask_cell_size(mask_logits.shape[-2:], image_size, self.segvit.embeddings.patch_size)
-        full_resolution_masks = upsample_mask_logits(mask_logits, image_size, cell_size)
-        logits = combine_class_and_mask_scores(class_logits, full_resolution_masks)
+        logits = semantic_scores(class_logits, mask_logits, image_size, cell_size)
 
         loss = None
         if labels is not None:
