@@ -323,10 +323,10 @@ def test_float_labels(model, tester):
 
 @pytest.mark.parametrize("size,grid,cell", [((64, 64), (4, 4), (16, 16)), ((50, 70), (4, 5), (16, 16)), ((75, 100), (3, 4), (32, 32))])
 def test_banded_scores_equal_resize_sigmoid_and_combine(size, grid, cell):
-    """The model's scores are computed band by band; they are the resize -> sigmoid -> class mix of the definition."""
+    """The model computes its scores band by band: exactly the resize -> sigmoid -> class mix of the definition."""
     from segvit_hf.modeling_segvit import combine_class_and_mask_scores, semantic_scores, upsample_mask_logits
 
     class_logits = torch.randn(2, 7, 8)
     mask_logits = 3 * torch.randn(2, 7, *grid)
     expected = combine_class_and_mask_scores(class_logits, upsample_mask_logits(mask_logits, size, cell))
-    torch.testing.assert_close(semantic_scores(class_logits, mask_logits, size, cell), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(semantic_scores(class_logits, mask_logits, size, cell), expected, atol=0, rtol=0)

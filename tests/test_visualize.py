@@ -91,3 +91,14 @@ def test_mask_grid_shows_the_top_k_classes(tmp_path):
     assert all_classes.width == 5 * (32 + 4) + 4  # 5 classes: one row
     with pytest.raises(ValueError, match="top_k"):
         draw_mask_grid(image, outputs, top_k=0)
+
+
+def test_overlay_of_a_ground_truth_map_draws_ignored_pixels_black():
+    """A ground-truth map holds the ignore index 255: it is not a class, needs no 256-colour palette."""
+    image = np.full((20, 20, 3), 100, dtype=np.uint8)
+    truth = np.zeros((20, 20), dtype=np.int64)
+    truth[:, 10:] = 255
+    palette = [(255, 0, 0), (0, 255, 0)]
+    overlay = np.array(draw_overlay(image, truth, id2label={0: "a", 1: "b"}, palette=palette, alpha=1.0, legend=False))
+    np.testing.assert_array_equal(overlay[5, 5], [255, 0, 0])
+    np.testing.assert_array_equal(overlay[5, 15], [0, 0, 0])

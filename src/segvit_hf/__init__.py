@@ -16,6 +16,8 @@ from .modeling_segvit import (
 )
 from .image_processing_segvit import IMAGE_PROCESSOR_CLASSES, SegViTImageProcessor, SegViTImageProcessorPil
 from .presets import PRESETS, SegViTPreset, get_preset
+from .metrics import SemanticSegmentationMetrics, StreamingMeanIoU
+from .optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
 
 AutoConfig.register(SegViTConfig.model_type, SegViTConfig, exist_ok=True)
 AutoModel.register(SegViTConfig, SegViTModel, exist_ok=True)
@@ -37,5 +39,9 @@ __all__ = [
     "SegViTPreTrainedModel",
     "SegViTPreset",
     "SegViTSemanticSegmenterOutput",
+    "SemanticSegmentationMetrics",
+    "StreamingMeanIoU",
+    "create_segvit_optimizer",
+    "get_poly_schedule_with_warmup",
     "get_preset",
 ]

@@ -447,23 +447,6 @@ def mask_cell_size(mask_grid: tuple[int, int], image_size: tuple[int, int], patc
     return tuple(cell)
 
 
-def bilinear_resize_matrix(source_length: int, target_length: int, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """
-    `(target_length, source_length)` matrix `R` with `R @ x` = 1-D bilinear resizing of `x` (align_corners=False, the
-    rule of `F.interpolate`). Bilinear resizing is separable: a map `m` resizes to `R_h @ m @ R_w.T`.
-    """
-    position = ((torch.arange(target_length, dtype=torch.float64) + 0.5) * (source_length / target_length) - 0.5)
-    position = position.clamp(min=0)
-    lower = position.floor().long().clamp(max=source_length - 1)
-    upper = (lower + 1).clamp(max=source_length - 1)
-    upper_weight = position - lower
-    matrix = torch.zeros(target_length, source_length, dtype=torch.float64)
-    rows = torch.arange(target_length)
-    matrix.index_put_((rows, lower), 1 - upper_weight, accumulate=True)
-    matrix.index_put_((rows, upper), upper_weight, accumulate=True)
-    return matrix.to(device=device, dtype=dtype)
-
-
 def semantic_scores(
     class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]
 ) -> torch.Tensor:
@@ -472,21 +455,33 @@ def semantic_scores(
     to the pixels they cover (as `upsample_mask_logits`), passed through the sigmoid and combined with the class
     probabilities (as `combine_class_and_mask_scores`).
 
-    The same numbers, computed a band of rows at a time so that the `(batch, queries, H, W)` full-resolution masks
-    (157 MB per 512x512 ADE20K image in fp32) never exist at once.
+    The same numbers, computed a band of grid rows at a time so that the `(batch, queries, H, W)` full-resolution masks
+    (157 MB per 512x512 ADE20K image in fp32) never exist at once. Each band is resized together with one neighbouring
+    grid row on either side, which gives its pixels exactly the bilinear weights of the whole-map resize.
     """
     batch_size, num_queries, grid_h, grid_w = mask_logits.shape
+    cell_h, cell_w = cell_size
     dtype = torch.promote_types(mask_logits.dtype, class_logits.dtype)
-    resize_rows = bilinear_resize_matrix(grid_h, grid_h * cell_size[0], dtype, mask_logits.device)[: size[0]]
-    resize_columns = bilinear_resize_matrix(grid_w, grid_w * cell_size[1], dtype, mask_logits.device)[: size[1]]
     class_probabilities = class_logits.to(dtype).softmax(dim=-1)[..., :-1].transpose(1, 2)
-    columns_resized = torch.matmul(mask_logits.to(dtype), resize_columns.T)
-    scores = mask_logits.new_empty(batch_size, class_probabilities.shape[1], size[0], size[1], dtype=dtype)
-    rows_per_band = max(1, 2**22 // (num_queries * size[1]))
-    for top in range(0, size[0], rows_per_band):
-        band = torch.matmul(resize_rows[top : top + rows_per_band], columns_resized).sigmoid_()
-        band_scores = torch.matmul(class_probabilities, band.flatten(2))
-        scores[:, :, top : top + rows_per_band] = band_scores.unflatten(-1, (-1, size[1]))
+    mask_logits = mask_logits.to(dtype)
+    scores = mask_logits.new_empty(batch_size, class_probabilities.shape[1], size[0], size[1])
+    cells_per_band = max(1, 2**22 // (num_queries * cell_h * grid_w * cell_w))
+    for first in range(0, grid_h, cells_per_band):
+        top = first * cell_h
+        if top >= size[0]:
+            break
+        last = min(first + cells_per_band, grid_h)
+        context_first, context_last = max(first - 1, 0), min(last + 1, grid_h)
+        band = F.interpolate(
+            mask_logits[:, :, context_first:context_last],
+            size=((context_last - context_first) * cell_h, grid_w * cell_w),
+            mode="bilinear",
+            align_corners=False,
+        )
+        bottom = min(last * cell_h, size[0])
+        offset = (first - context_first) * cell_h
+        band = band[:, :, offset : offset + bottom - top, : size[1]].sigmoid()
+        scores[:, :, top:bottom] = torch.matmul(class_probabilities, band.flatten(2)).unflatten(-1, (-1, size[1]))
     return scores
 
 

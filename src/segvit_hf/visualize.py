@@ -115,6 +115,7 @@ def draw_overlay(
     alpha: float = 0.5,
     legend: bool = True,
     max_legend_entries: int = 20,
+    ignore_index: int = 255,
 ) -> Image.Image:
     """
     The label map's colours blended over the image, with a legend on the right listing the classes present (largest
@@ -128,6 +129,7 @@ def draw_overlay(
         alpha: weight of the colours (0 = image only, 1 = colours only).
         legend: draw the legend panel.
         max_legend_entries: classes listed at most; the rest are counted in a last line.
+        ignore_index: the id of unlabelled pixels (ground-truth maps), drawn black and left out of the legend.
     Returns:
         An RGB PIL image, the image's size plus the legend panel.
     """
@@ -137,7 +139,8 @@ def draw_overlay(
     labels = _label_map_array(label_map)
     if labels.shape != rgb.shape[:2]:
         raise ValueError(f"The label map is {labels.shape} (height, width) but the image is {rgb.shape[:2]}.")
-    num_labels = max(len(id2label) if id2label else 0, int(labels.max(initial=-1)) + 1)
+    labelled_ids = labels[labels != ignore_index]
+    num_labels = max(len(id2label) if id2label else 0, int(labelled_ids.max(initial=-1)) + 1)
     colours = colorize(labels, palette, num_labels)
     blended = (rgb.astype(np.float32) * (1.0 - alpha) + colours.astype(np.float32) * alpha + 0.5).astype(np.uint8)
     picture = Image.fromarray(blended)

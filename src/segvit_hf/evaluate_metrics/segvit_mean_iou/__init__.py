@@ -1,0 +1,1 @@
+"""The `segvit_mean_iou` evaluate module; see `segvit_hf.metrics.load_mean_iou_metric`."""
