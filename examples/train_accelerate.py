@@ -22,19 +22,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from segvit_hf.data import (
-    TOY_CROP_SIZE,
-    TOY_TRAIN_SCALE,
-    build_segmentation_datasets,
-    collate_segmentation,
-    load_dataset_source,
-)
+from segvit_hf.data import collate_segmentation
 from segvit_hf.metrics import StreamingMeanIoU, format_iou_table, results_to_json
 from segvit_hf.optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
 
 # The model building and processor saving are shared with the Trainer script next to this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_semantic_segmentation import ModelArguments, build_model, save_processor
+from train_semantic_segmentation import DataArguments, ModelArguments, build_model_and_datasets, save_processor
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,16 +105,6 @@ def main(argv=None):
     )
     set_seed(args.seed)
 
-    data_source = load_dataset_source(
-        args.dataset,
-        folder_layout=args.folder_layout,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        reduce_labels=args.reduce_labels,
-        toy_num_train=args.toy_num_train,
-        toy_num_validation=args.toy_num_validation,
-        seed=args.seed,
-    )
     model_args = ModelArguments(
         preset=args.preset,
         config_name=args.config_name,
@@ -129,23 +113,11 @@ def main(argv=None):
         image_mean=args.image_mean,
         image_std=args.image_std,
     )
-    model, image_mean, image_std = build_model(model_args, data_source)
-    config = model.config
-    crop_size = args.crop_size or config.encoder_config.image_size
-    train_scale = tuple(args.train_scale) if args.train_scale else None
-    if train_scale is None and args.dataset == "toy" and crop_size == TOY_CROP_SIZE:
-        train_scale = TOY_TRAIN_SCALE
-    train_dataset, eval_dataset = build_segmentation_datasets(
-        data_source,
-        crop_size,
-        image_mean,
-        image_std,
-        num_labels=config.num_labels,
-        train_scale=train_scale,
-        cat_max_ratio=args.cat_max_ratio,
-        ignore_index=config.ignore_index,
-        seed=args.seed,
+    data_args = DataArguments(
+        **{name: getattr(args, name) for name in DataArguments.__dataclass_fields__ if hasattr(args, name)}
     )
+    model, train_dataset, eval_dataset, preprocessing = build_model_and_datasets(model_args, data_args, args.seed)
+    config = model.config
 
     def collate(examples):
         return collate_segmentation(examples, config.ignore_index)
@@ -222,16 +194,7 @@ def main(argv=None):
         os.makedirs(args.output_dir, exist_ok=True)
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(args.output_dir)
-        save_processor(
-            args.output_dir,
-            config,
-            image_mean,
-            image_std,
-            crop_size,
-            train_scale,
-            reduce_labels=data_source.reduce_labels,
-            preset=args.preset,
-        )
+        save_processor(args.output_dir, config, **preprocessing)
         with open(os.path.join(args.output_dir, "eval_results.json"), "w") as handle:
             json.dump(results_to_json(results, config.id2label), handle, indent=2)
         print(format_iou_table(results, config.id2label))

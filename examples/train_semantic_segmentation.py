@@ -172,14 +172,12 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
     return model_args, data_args, training_args
 
 
-def build_trainer(
-    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
-) -> tuple[Trainer, dict]:
+def build_model_and_datasets(model_args: ModelArguments, data_args: DataArguments, seed: int):
     """
-    The data, model, paper optimiser and schedule, metric and callbacks, assembled into a Trainer; also returns the
-    preprocessing (`image_mean`, `image_std`, `crop_size`, `train_scale`) that [`save_processor`] records.
+    The model and the augmented training / evaluation data sets (shared by this script and `train_accelerate.py`).
+    Returns `(model, train_dataset, eval_dataset, preprocessing)`, the last being what [`save_processor`] records:
+    `image_mean`, `image_std`, `crop_size`, `train_scale`, `reduce_labels`, `preset`.
     """
-    set_seed(training_args.seed)
     data_source = load_dataset_source(
         data_args.dataset,
         folder_layout=data_args.folder_layout,
@@ -188,7 +186,7 @@ def build_trainer(
         reduce_labels=data_args.reduce_labels,
         toy_num_train=data_args.toy_num_train,
         toy_num_validation=data_args.toy_num_validation,
-        seed=training_args.seed,
+        seed=seed,
     )
     model, image_mean, image_std = build_model(model_args, data_source)
     config = model.config
@@ -205,9 +203,31 @@ def build_trainer(
         train_scale=train_scale,
         cat_max_ratio=data_args.cat_max_ratio,
         ignore_index=config.ignore_index,
-        seed=training_args.seed,
+        seed=seed,
     )
+    preprocessing = {
+        "image_mean": image_mean,
+        "image_std": image_std,
+        "crop_size": crop_size,
+        "train_scale": train_scale,
+        "reduce_labels": data_source.reduce_labels,
+        "preset": model_args.preset,
+    }
+    return model, train_dataset, eval_dataset, preprocessing
 
+
+def build_trainer(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> tuple[Trainer, dict]:
+    """
+    The data, model, paper optimiser and schedule, metric and callbacks, assembled into a Trainer; also returns the
+    preprocessing that [`save_processor`] records.
+    """
+    set_seed(training_args.seed)
+    model, train_dataset, eval_dataset, preprocessing = build_model_and_datasets(
+        model_args, data_args, training_args.seed
+    )
+    config = model.config
     num_steps = num_optimizer_steps(training_args, len(train_dataset))
     optimizer = create_segvit_optimizer(
         model,
@@ -235,14 +255,6 @@ def build_trainer(
         optimizers=(optimizer, scheduler),
         callbacks=[DatasetEpochCallback()],
     )
-    preprocessing = {
-        "image_mean": image_mean,
-        "image_std": image_std,
-        "crop_size": crop_size,
-        "train_scale": train_scale,
-        "reduce_labels": data_source.reduce_labels,
-        "preset": model_args.preset,
-    }
     return trainer, preprocessing
 
 
