@@ -10,39 +10,18 @@ import pytest
 import torch
 
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
-from segvit_hf.data import load_toy_dataset, toy_model_config
+from segvit_hf.data import load_toy_dataset
 from segvit_hf.inference import predict
 from segvit_hf.metrics import StreamingMeanIoU
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
+def tiny_checkpoint(tmp_path_factory, tiny_toy_config):
     directory = tmp_path_factory.mktemp("tiny_checkpoint")
     torch.manual_seed(0)
-    config = toy_model_config(
-        encoder_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        out_indices=[0, 1],
-        decoder_hidden_size=16,
-        decoder_num_attention_heads=4,
-        decoder_layers_per_stage=1,
-    )
+    config = tiny_toy_config()
     SegViTForSemanticSegmentation(config).save_pretrained(directory)
     processor = SegViTImageProcessor(
         image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"shortest_edge": 32, "longest_edge": 128}, patch_size=8

@@ -13,37 +13,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation, TrainerCallback
 
 import segvit_hf  # noqa: F401  (registers SegViT with the Auto classes)
-from segvit_hf.data import toy_model_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny models gain nothing from intra-op threads, and spinning threads slow everything on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def tiny_config_dir(tmp_path_factory):
+def tiny_config_dir(tmp_path_factory, tiny_toy_config):
     directory = tmp_path_factory.mktemp("tiny_config")
-    config = toy_model_config(
-        encoder_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        out_indices=[0, 1],
-        decoder_hidden_size=16,
-        decoder_num_attention_heads=4,
-        decoder_layers_per_stage=1,
-    )
+    config = tiny_toy_config()
     config.save_pretrained(directory)
     return str(directory)
 
