@@ -315,6 +315,15 @@ def test_labels_of_the_wrong_size(model, tester):
         model(pixel_values, labels=labels[:1])
 
 
+def test_labels_with_a_channel_axis_as_mmseg_passes_them(model, tester):
+    pixel_values, labels = tester.prepare_inputs()
+    torch.testing.assert_close(
+        model(pixel_values, labels=labels[:, None]).loss, model(pixel_values, labels=labels).loss
+    )
+    with pytest.raises(ValueError, match="to match `pixel_values`"):
+        model(pixel_values, labels=labels[:, None].expand(-1, 2, -1, -1))
+
+
 def test_float_labels(model, tester):
     pixel_values, labels = tester.prepare_inputs()
     with pytest.raises(TypeError, match="integer class ids"):

@@ -784,7 +784,7 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
                 Normalised images.
             labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
                 Class ids in `[0, num_labels)`, or `config.ignore_index` for unlabelled pixels, at the input size.
-                When given, the ATM loss is computed.
+                When given, the ATM loss is computed. mmseg's `(batch_size, 1, height, width)` layout is accepted too.
             output_hidden_states, output_attentions, return_dict: see [`SegViTModel.forward`].
             pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
                 What `SegViTImageProcessor` returns beside `pixel_values` (1 on image pixels, 0 on batch padding), so
@@ -794,6 +794,8 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
             _check_pixel_values(pixel_values, self.config.encoder_config.num_channels)
+            if labels.ndim == 4 and labels.shape[1] == 1:
+                labels = labels[:, 0]
             self._check_labels(labels, pixel_values)
 
         encoder_outputs = self.segvit(
