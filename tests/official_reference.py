@@ -112,6 +112,25 @@ def fused_multihead_attention(
 # --------------------------------------------------------------------------------------------
 
 
+def stored_attention(query: Tensor, key: Tensor, value: Tensor, sd: StateDict, prefix: str,
+                     num_heads: int) -> Tensor:
+    """:func:`fused_multihead_attention` with the weights of the ``nn.MultiheadAttention`` stored
+    under ``prefix`` (``in_proj_weight``/``in_proj_bias``/``out_proj.weight``/``out_proj.bias``)."""
+    p = prefix + "."
+    return fused_multihead_attention(
+        query, key, value,
+        sd[p + "in_proj_weight"], sd.get(p + "in_proj_bias"),
+        sd[p + "out_proj.weight"], sd.get(p + "out_proj.bias"),
+        num_heads,
+    )
+
+
+def _post_norm_mlp(q: Tensor, sd: StateDict, p: str) -> Tensor:
+    """``norm3(q + linear2(relu(linear1(q))))`` of a post-norm decoder layer (eps 1e-5)."""
+    q2 = _linear(F.relu(_linear(q, sd, p + "linear1")), sd, p + "linear2")
+    return _layer_norm(q + q2, sd, p + "norm3", HEAD_LN_EPS)
+
+
 def _count_indexed(sd: StateDict, pattern: str) -> int:
     """Number of distinct integers ``i`` for which some key matches ``pattern`` (one group)."""
     rx = re.compile(pattern)
@@ -162,22 +181,32 @@ def position_embedding_for_grid(sd: StateDict, hw: Tuple[int, int]) -> Tensor:
     return grid.flatten(2).transpose(1, 2)
 
 
-def encoder_layer(x: Tensor, sd: StateDict, index: int, num_heads: int) -> Tensor:
-    """One mmseg ``TransformerEncoderLayer`` in eval mode (pre-norm).
+def encoder_layer(x: Tensor, sd: StateDict, index: int, num_heads: int, shrink: bool = False) -> Tensor:
+    """One mmseg ``TransformerEncoderLayer`` in eval mode (pre-norm); with ``shrink`` the
+    query-down-sampling layer of ``vit_shrink`` (same weights).
 
     x = x + attn(ln1(x))   (mmcv MultiheadAttention: identity + dropout_layer(proj_drop(out)),
                             the drop path / dropouts are identities in eval mode)
     x = x + fc2(gelu(fc1(ln2(x))))   (mmcv FFN with exact GELU, identity added back)
     LayerNorm eps 1e-6.
+
+    With ``shrink`` the (B, g*g, C) tokens are viewed as their g x g row-major grid and the tokens
+    at even rows and even columns are kept (2x2 nearest down-sampling, top-left of each 2x2 cell),
+    giving ``down`` (B, (g/2)^2, C); the attention step becomes
+        x = down + attn(query=ln1(down), key=ln1(x), value=ln1(x))
+    i.e. queries are the down-sampled tokens, keys/values all tokens, all three normalised by the
+    same ln1, and the residual is the down-sampled (un-normalised) tokens.
     """
     p = f"backbone.layers.{index}."
-    h = _layer_norm(x, sd, p + "ln1", BACKBONE_LN_EPS)
-    x = x + fused_multihead_attention(
-        h, h, h,
-        sd[p + "attn.attn.in_proj_weight"], sd.get(p + "attn.attn.in_proj_bias"),
-        sd[p + "attn.attn.out_proj.weight"], sd.get(p + "attn.attn.out_proj.bias"),
-        num_heads,
-    )
+    if shrink:
+        b, length, c = x.shape
+        side = _square_side(length, "vit_shrink")
+        residual = x.reshape(b, side, side, c)[:, ::2, ::2].reshape(b, -1, c)
+    else:
+        residual = x
+    h_q = _layer_norm(residual, sd, p + "ln1", BACKBONE_LN_EPS)
+    h_kv = _layer_norm(x, sd, p + "ln1", BACKBONE_LN_EPS)
+    x = residual + stored_attention(h_q, h_kv, h_kv, sd, p + "attn.attn", num_heads)
     h = _layer_norm(x, sd, p + "ln2", BACKBONE_LN_EPS)
     h = F.gelu(_linear(h, sd, p + "ffn.layers.0.0"))
     return x + _linear(h, sd, p + "ffn.layers.1")
@@ -244,18 +273,10 @@ def atm_decoder_layer(
     """
     p = prefix + "."
     q = queries
-    q2 = fused_multihead_attention(
-        q, q, q,
-        sd[p + "self_attn.in_proj_weight"], sd.get(p + "self_attn.in_proj_bias"),
-        sd[p + "self_attn.out_proj.weight"], sd.get(p + "self_attn.out_proj.bias"),
-        num_heads,
-    )
-    q = _layer_norm(q + q2, sd, p + "norm1", HEAD_LN_EPS)
+    q = _layer_norm(q + stored_attention(q, q, q, sd, p + "self_attn", num_heads), sd, p + "norm1", HEAD_LN_EPS)
     q2, sim = atm_cross_attention(q, memory, sd, p + "multihead_attn", num_heads)
     q = _layer_norm(q + q2, sd, p + "norm2", HEAD_LN_EPS)
-    q2 = _linear(F.relu(_linear(q, sd, p + "linear1")), sd, p + "linear2")
-    q = _layer_norm(q + q2, sd, p + "norm3", HEAD_LN_EPS)
-    return q, sim
+    return _post_norm_mlp(q, sd, p), sim
 
 
 def _similarity_to_grid(sim: Tensor) -> Tensor:
@@ -273,6 +294,21 @@ def _similarity_to_grid(sim: Tensor) -> Tensor:
             "(needs an even, square token count)"
         )
     return sim.reshape(b, n, side, side)
+
+
+def _head_outputs(logits: List[Tensor], grid_masks: List[Tensor], image_size: int) -> Dict[str, object]:
+    """The head's training outputs from its supervised (class logits, grid mask logits) pairs, the
+    prediction last: ``pred_masks`` = the last masks bilinearly resized to the crop size,
+    ``pred`` = einsum(softmax(logits)[..., :-1], sigmoid(pred_masks)), and the earlier pairs as
+    ``aux_outputs`` (masks left on the grid)."""
+    pred_masks = F.interpolate(
+        grid_masks[-1], size=(image_size, image_size), mode="bilinear", align_corners=False
+    )
+    pred_logits = logits[-1]
+    class_probs = torch.softmax(pred_logits, dim=-1)[..., :-1]
+    pred = torch.einsum("bnc,bnhw->bchw", class_probs, pred_masks.sigmoid())
+    aux = [{"pred_logits": lg, "pred_masks": ms} for lg, ms in zip(logits[:-1], grid_masks[:-1])]
+    return {"pred_logits": pred_logits, "pred_masks": pred_masks, "pred": pred, "aux_outputs": aux}
 
 
 def official_head(
@@ -335,17 +371,7 @@ def official_head(
         m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
         accumulated.append(m if not accumulated else accumulated[-1] + m)
 
-    pred_masks = F.interpolate(
-        accumulated[-1], size=(image_size, image_size), mode="bilinear", align_corners=False
-    )
-    pred_logits = stage_logits[-1]
-    class_probs = torch.softmax(pred_logits, dim=-1)[..., :-1]
-    pred = torch.einsum("bnc,bnhw->bchw", class_probs, pred_masks.sigmoid())
-    aux = [
-        {"pred_logits": lg, "pred_masks": ms}
-        for lg, ms in zip(stage_logits[:-1], accumulated[:-1])
-    ]
-    return {"pred_logits": pred_logits, "pred_masks": pred_masks, "pred": pred, "aux_outputs": aux}
+    return _head_outputs(stage_logits, accumulated, image_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,6 +534,51 @@ def official_forward(state_dict, pixel_values, *, num_heads, decoder_num_heads, 
 # --------------------------------------------------------------------------------------------
 
 
+class _RandomParameters:
+    """Fills a state dict with random tensors at the scales documented in
+    :func:`make_random_official_state_dict`, drawn from one seeded generator in call order."""
+
+    def __init__(self, sd: StateDict, seed: int):
+        self.sd = sd
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def randn(self, *shape, std=1.0, mean=0.0):
+        return torch.randn(*shape, generator=self.gen) * std + mean
+
+    def linear(self, prefix, n_out, n_in):
+        self.sd[prefix + ".weight"] = self.randn(n_out, n_in, std=n_in ** -0.5)
+        self.sd[prefix + ".bias"] = self.randn(n_out, std=0.05)
+
+    def norm(self, prefix, n):
+        self.sd[prefix + ".weight"] = self.randn(n, std=0.1, mean=1.0)
+        self.sd[prefix + ".bias"] = self.randn(n, std=0.1)
+
+    def fused_attention(self, prefix, n):
+        self.sd[prefix + ".in_proj_weight"] = self.randn(3 * n, n, std=n ** -0.5)
+        self.sd[prefix + ".in_proj_bias"] = self.randn(3 * n, std=0.05)
+        self.linear(prefix + ".out_proj", n, n)
+
+    def decoder_layer(self, prefix, d, atm):
+        """A post-norm decoder layer: the ATM layer's q/k/v/proj cross attention (``atm``) or a
+        stock ``nn.TransformerDecoderLayer``'s fused one."""
+        self.fused_attention(prefix + "self_attn", d)
+        if atm:
+            for name in ("q", "k", "v", "proj"):
+                self.linear(prefix + "multihead_attn." + name, d, d)
+        else:
+            self.fused_attention(prefix + "multihead_attn", d)
+        self.linear(prefix + "linear1", 4 * d, d)
+        self.linear(prefix + "linear2", d, 4 * d)
+        for name in ("norm1", "norm2", "norm3"):
+            self.norm(prefix + name, d)
+
+
+def _loss_buffer(num_classes: int) -> Tensor:
+    empty_weight = torch.ones(num_classes + 1)
+    empty_weight[-1] = NO_OBJECT_WEIGHT
+    return empty_weight
+
+
 def make_random_official_state_dict(*, hidden_size, num_layers, num_heads, decoder_dim,
                                     decoder_num_heads, num_classes, crop, num_stages, seed,
                                     decoder_layers=3, patch_size=16, mlp_ratio=4,
@@ -525,58 +596,32 @@ def make_random_official_state_dict(*, hidden_size, num_layers, num_heads, decod
         raise ValueError("widths must be divisible by the head counts")
     if crop % patch_size:
         raise ValueError("crop must be a multiple of the patch size")
-    gen = torch.Generator().manual_seed(int(seed))
-
-    def randn(*shape, std=1.0, mean=0.0):
-        return torch.randn(*shape, generator=gen) * std + mean
-
     sd: StateDict = {}
-
-    def linear(prefix, n_out, n_in):
-        sd[prefix + ".weight"] = randn(n_out, n_in, std=n_in ** -0.5)
-        sd[prefix + ".bias"] = randn(n_out, std=0.05)
-
-    def norm(prefix, n):
-        sd[prefix + ".weight"] = randn(n, std=0.1, mean=1.0)
-        sd[prefix + ".bias"] = randn(n, std=0.1)
-
+    rand = _RandomParameters(sd, int(seed))
     c, d, g = hidden_size, decoder_dim, crop // patch_size
     fan_in = 3 * patch_size * patch_size
-    sd["backbone.patch_embed.projection.weight"] = randn(c, 3, patch_size, patch_size,
-                                                         std=fan_in ** -0.5)
-    sd["backbone.patch_embed.projection.bias"] = randn(c, std=0.05)
-    sd["backbone.cls_token"] = randn(1, 1, c, std=0.02)
-    sd["backbone.pos_embed"] = randn(1, 1 + g * g, c, std=0.2)
+    sd["backbone.patch_embed.projection.weight"] = rand.randn(c, 3, patch_size, patch_size,
+                                                              std=fan_in ** -0.5)
+    sd["backbone.patch_embed.projection.bias"] = rand.randn(c, std=0.05)
+    sd["backbone.cls_token"] = rand.randn(1, 1, c, std=0.02)
+    sd["backbone.pos_embed"] = rand.randn(1, 1 + g * g, c, std=0.2)
     for i in range(num_layers):
         p = f"backbone.layers.{i}."
-        norm(p + "ln1", c)
-        sd[p + "attn.attn.in_proj_weight"] = randn(3 * c, c, std=c ** -0.5)
-        sd[p + "attn.attn.in_proj_bias"] = randn(3 * c, std=0.05)
-        linear(p + "attn.attn.out_proj", c, c)
-        norm(p + "ln2", c)
-        linear(p + "ffn.layers.0.0", mlp_ratio * c, c)
-        linear(p + "ffn.layers.1", c, mlp_ratio * c)
+        rand.norm(p + "ln1", c)
+        rand.fused_attention(p + "attn.attn", c)
+        rand.norm(p + "ln2", c)
+        rand.linear(p + "ffn.layers.0.0", mlp_ratio * c, c)
+        rand.linear(p + "ffn.layers.1", c, mlp_ratio * c)
 
     for k in range(1, num_stages + 1):
-        linear(f"decode_head.input_proj_{k}", d, c)
-        norm(f"decode_head.proj_norm_{k}", d)
+        rand.linear(f"decode_head.input_proj_{k}", d, c)
+        rand.norm(f"decode_head.proj_norm_{k}", d)
         for j in range(decoder_layers):
-            p = f"decode_head.decoder_{k}.layers.{j}."
-            sd[p + "self_attn.in_proj_weight"] = randn(3 * d, d, std=d ** -0.5)
-            sd[p + "self_attn.in_proj_bias"] = randn(3 * d, std=0.05)
-            linear(p + "self_attn.out_proj", d, d)
-            for name in ("q", "k", "v", "proj"):
-                linear(p + "multihead_attn." + name, d, d)
-            linear(p + "linear1", 4 * d, d)
-            linear(p + "linear2", d, 4 * d)
-            for name in ("norm1", "norm2", "norm3"):
-                norm(p + name, d)
-    sd["decode_head.q.weight"] = randn(num_classes, d)
-    linear("decode_head.class_embed", num_classes + 1, d)
+            rand.decoder_layer(f"decode_head.decoder_{k}.layers.{j}.", d, atm=True)
+    sd["decode_head.q.weight"] = rand.randn(num_classes, d)
+    rand.linear("decode_head.class_embed", num_classes + 1, d)
     if with_loss_buffer:
-        empty_weight = torch.ones(num_classes + 1)
-        empty_weight[-1] = NO_OBJECT_WEIGHT
-        sd["decode_head.loss_decode.criterion.empty_weight"] = empty_weight
+        sd["decode_head.loss_decode.criterion.empty_weight"] = _loss_buffer(num_classes)
     return sd
 
 
@@ -607,34 +652,6 @@ def _square_side(length: int, what: str) -> int:
     return side
 
 
-def shrink_encoder_layer(x: Tensor, sd: StateDict, index: int, num_heads: int) -> Tensor:
-    """The query-down-sampling layer of ``vit_shrink`` (same weights as a plain layer), eval mode.
-
-    The (B, g*g, C) tokens are viewed as their g x g row-major grid and the tokens at even rows
-    and even columns are kept (2x2 nearest down-sampling, top-left of each 2x2 cell), giving
-    (B, (g/2)^2, C) in row-major order of the coarse grid. Then
-        x = down + attn(query=ln1(down), key=ln1(x), value=ln1(x))
-        x = x + fc2(gelu(fc1(ln2(x))))
-    i.e. queries are the down-sampled tokens, keys/values all tokens, all three normalised by the
-    same ln1, and the residual of the attention is the down-sampled (un-normalised) tokens.
-    """
-    b, length, c = x.shape
-    side = _square_side(length, "vit_shrink")
-    down = x.reshape(b, side, side, c)[:, ::2, ::2].reshape(b, -1, c)
-    p = f"backbone.layers.{index}."
-    h_q = _layer_norm(down, sd, p + "ln1", BACKBONE_LN_EPS)
-    h_kv = _layer_norm(x, sd, p + "ln1", BACKBONE_LN_EPS)
-    x = down + fused_multihead_attention(
-        h_q, h_kv, h_kv,
-        sd[p + "attn.attn.in_proj_weight"], sd.get(p + "attn.attn.in_proj_bias"),
-        sd[p + "attn.attn.out_proj.weight"], sd.get(p + "attn.attn.out_proj.bias"),
-        num_heads,
-    )
-    h = _layer_norm(x, sd, p + "ln2", BACKBONE_LN_EPS)
-    h = F.gelu(_linear(h, sd, p + "ffn.layers.0.0"))
-    return x + _linear(h, sd, p + "ffn.layers.1")
-
-
 def official_shrunk_backbone(
     sd: StateDict,
     pixel_values: Tensor,
@@ -647,7 +664,7 @@ def official_shrunk_backbone(
 
     Patch embedding and position embeddings exactly as the plain backbone (CLS token dropped,
     bicubic resize when the grid differs from the stored one). Layer ``shrink_index`` (0-based) is
-    :func:`shrink_encoder_layer`, every other layer a plain one; layers after it run on the
+    :func:`encoder_layer` with ``shrink=True``, every other layer a plain one; layers after it run on the
     halved grid. An index outside [0, num_layers) simply never matches (no shrinking).
 
     Unlike the plain backbone the features are returned as token sequences (B, L, C), NOT reshaped
@@ -663,10 +680,7 @@ def official_shrunk_backbone(
     wanted = set(int(i) for i in out_indices)
     features = []
     for i in range(num_layers):
-        if i == shrink_index:
-            x = shrink_encoder_layer(x, sd, i, num_heads)
-        else:
-            x = encoder_layer(x, sd, i, num_heads)
+        x = encoder_layer(x, sd, i, num_heads, shrink=i == shrink_index)
         if i in wanted:
             features.append(x)
     return features
@@ -685,22 +699,10 @@ def qu_decoder_layer(
     """
     p = prefix + "."
     q = queries
-    q2 = fused_multihead_attention(
-        q, q, q,
-        sd[p + "self_attn.in_proj_weight"], sd.get(p + "self_attn.in_proj_bias"),
-        sd[p + "self_attn.out_proj.weight"], sd.get(p + "self_attn.out_proj.bias"),
-        num_heads,
-    )
-    q = _layer_norm(q + q2, sd, p + "norm1", HEAD_LN_EPS)
-    q2 = fused_multihead_attention(
-        q, memory, memory,
-        sd[p + "multihead_attn.in_proj_weight"], sd.get(p + "multihead_attn.in_proj_bias"),
-        sd[p + "multihead_attn.out_proj.weight"], sd.get(p + "multihead_attn.out_proj.bias"),
-        num_heads,
-    )
+    q = _layer_norm(q + stored_attention(q, q, q, sd, p + "self_attn", num_heads), sd, p + "norm1", HEAD_LN_EPS)
+    q2 = stored_attention(q, memory, memory, sd, p + "multihead_attn", num_heads)
     q = _layer_norm(q + q2, sd, p + "norm2", HEAD_LN_EPS)
-    q2 = _linear(F.relu(_linear(q, sd, p + "linear1")), sd, p + "linear2")
-    return _layer_norm(q + q2, sd, p + "norm3", HEAD_LN_EPS)
+    return _post_norm_mlp(q, sd, p)
 
 
 def qu_decoder_stage(
@@ -784,17 +786,7 @@ def official_shrunk_head(
     grid = layer_masks[-1].shape[-2:]
     layer_masks = [F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
                    for m in layer_masks]
-    pred_masks = F.interpolate(
-        layer_masks[-1], size=(image_size, image_size), mode="bilinear", align_corners=False
-    )
-    pred_logits = layer_logits[-1]
-    class_probs = torch.softmax(pred_logits, dim=-1)[..., :-1]
-    pred = torch.einsum("bnc,bnhw->bchw", class_probs, pred_masks.sigmoid())
-    aux = [
-        {"pred_logits": lg, "pred_masks": ms}
-        for lg, ms in zip(layer_logits[:-1], layer_masks[:-1])
-    ]
-    return {"pred_logits": pred_logits, "pred_masks": pred_masks, "pred": pred, "aux_outputs": aux}
+    return _head_outputs(layer_logits, layer_masks, image_size)
 
 
 def official_shrunk_forward(state_dict, pixel_values, *, num_heads, decoder_num_heads, out_indices,
@@ -860,51 +852,19 @@ def make_random_official_shrunk_state_dict(*, hidden_size, num_layers, num_heads
         patch_size=patch_size, mlp_ratio=mlp_ratio, with_loss_buffer=False,
     )
     sd = {k: v for k, v in sd.items() if k.startswith("backbone.")}
-    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 7) % (2 ** 62))
-
-    def randn(*shape, std=1.0, mean=0.0):
-        return torch.randn(*shape, generator=gen) * std + mean
-
-    def linear(prefix, n_out, n_in):
-        sd[prefix + ".weight"] = randn(n_out, n_in, std=n_in ** -0.5)
-        sd[prefix + ".bias"] = randn(n_out, std=0.05)
-
-    def norm(prefix, n):
-        sd[prefix + ".weight"] = randn(n, std=0.1, mean=1.0)
-        sd[prefix + ".bias"] = randn(n, std=0.1)
-
-    def fused_attention(prefix, n):
-        sd[prefix + ".in_proj_weight"] = randn(3 * n, n, std=n ** -0.5)
-        sd[prefix + ".in_proj_bias"] = randn(3 * n, std=0.05)
-        linear(prefix + ".out_proj", n, n)
-
+    rand = _RandomParameters(sd, (int(seed) * 1_000_003 + 7) % (2 ** 62))
     c, d, g = hidden_size, decoder_dim, crop // 16
     for k in range(1, num_stages + 1):
-        linear(f"decode_head.input_proj_{k}", d, c)
-        norm(f"decode_head.proj_norm_{k}", d)
+        rand.linear(f"decode_head.input_proj_{k}", d, c)
+        rand.norm(f"decode_head.proj_norm_{k}", d)
         for j in range(decoder_layers):
-            p = f"decode_head.decoder_{k}.layers.{j}."
-            fused_attention(p + "self_attn", d)
-            fused_attention(p + "multihead_attn", d)
-            linear(p + "linear1", 4 * d, d)
-            linear(p + "linear2", d, 4 * d)
-            for name in ("norm1", "norm2", "norm3"):
-                norm(p + name, d)
-    sd["decode_head.q.weight"] = randn(g * g, d)
+            rand.decoder_layer(f"decode_head.decoder_{k}.layers.{j}.", d, atm=False)
+    sd["decode_head.q.weight"] = rand.randn(g * g, d)
     for j in range(decoder_layers):
-        p = f"decode_head.atm.decoder_1.layers.{j}."
-        fused_attention(p + "self_attn", d)
-        for name in ("q", "k", "v", "proj"):
-            linear(p + "multihead_attn." + name, d, d)
-        linear(p + "linear1", 4 * d, d)
-        linear(p + "linear2", d, 4 * d)
-        for name in ("norm1", "norm2", "norm3"):
-            norm(p + name, d)
-    sd["decode_head.atm.q.weight"] = randn(num_classes, d)
-    linear("decode_head.atm.class_embed", num_classes + 1, d)
+        rand.decoder_layer(f"decode_head.atm.decoder_1.layers.{j}.", d, atm=True)
+    sd["decode_head.atm.q.weight"] = rand.randn(num_classes, d)
+    rand.linear("decode_head.atm.class_embed", num_classes + 1, d)
     if with_loss_buffer:
         for prefix in ("decode_head.loss_decode", "decode_head.atm.loss_decode"):
-            empty_weight = torch.ones(num_classes + 1)
-            empty_weight[-1] = NO_OBJECT_WEIGHT
-            sd[prefix + ".criterion.empty_weight"] = empty_weight
+            sd[prefix + ".criterion.empty_weight"] = _loss_buffer(num_classes)
     return sd

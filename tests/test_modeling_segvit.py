@@ -61,6 +61,26 @@ class SegViTModelTester:
         labels[:, : height // 8] = 255
         return pixel_values, labels
 
+    @staticmethod
+    def overfit(model, pixel_values, labels, steps, learning_rate=3e-3):
+        """Trains `model` on one batch with AdamW; returns the loss of every step."""
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+        losses = []
+        for _ in range(steps):
+            loss = model(pixel_values, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+    @staticmethod
+    def parameters_without_gradient(model, pixel_values, labels):
+        """Names of the parameters that one backward pass of the loss leaves without a (non-zero) gradient."""
+        model.zero_grad()
+        model(pixel_values, labels=labels).loss.backward()
+        return [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+
 
 @pytest.fixture
 def tester():
@@ -175,25 +195,14 @@ def test_base_model_weights_load_into_segmentation_model(tester, tmp_path):
 def test_loss_decreases_when_overfitting_one_batch(tester):
     model = SegViTForSemanticSegmentation(tester.get_config(drop_path_rate=0.0, decoder_dropout=0.0))
     pixel_values, labels = tester.prepare_inputs()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = model(pixel_values, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = tester.overfit(model, pixel_values, labels, steps=40)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_gradients_reach_every_parameter(tester):
     model = SegViTForSemanticSegmentation(tester.get_config())
     pixel_values, labels = tester.prepare_inputs()
-    model(pixel_values, labels=labels).loss.backward()
-    without_gradient = [
-        name for name, parameter in model.named_parameters() if parameter.grad is None or not parameter.grad.abs().sum()
-    ]
-    assert not without_gradient
+    assert not tester.parameters_without_gradient(model, pixel_values, labels)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tester):

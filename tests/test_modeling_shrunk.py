@@ -106,17 +106,8 @@ def test_shrunk_round_trip(tester, tmp_path):
 def test_shrunk_trains(tester):
     model = SegViTForSemanticSegmentation(tester.get_config(**SHRUNK, drop_path_rate=0.0, decoder_dropout=0.0))
     pixel_values, labels = tester.prepare_inputs()
-    model(pixel_values, labels=labels).loss.backward()
-    without_gradient = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
-    assert not without_gradient
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(25):
-        loss = model(pixel_values, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    assert not tester.parameters_without_gradient(model, pixel_values, labels)
+    losses = tester.overfit(model, pixel_values, labels, steps=25)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

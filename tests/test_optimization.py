@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
+from segvit_hf import SegViTForSemanticSegmentation
 from segvit_hf.optimization import (
     create_segvit_optimizer,
     get_poly_schedule_with_warmup,
@@ -17,21 +17,8 @@ from segvit_hf.optimization import (
 
 
 @pytest.fixture(scope="module")
-def model():
-    config = SegViTConfig(
-        encoder_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-            "image_size": 32,
-        },
-        out_indices=[0, 1],
-        decoder_hidden_size=16,
-        decoder_num_attention_heads=4,
-        id2label={0: "a", 1: "b", 2: "c"},
-    )
-    return SegViTForSemanticSegmentation(config)
+def model(tiny_toy_config):
+    return SegViTForSemanticSegmentation(tiny_toy_config())
 
 
 def groups_by_name(model, **kwargs):

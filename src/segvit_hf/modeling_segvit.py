@@ -586,11 +586,13 @@ class SegViTATMLoss(nn.Module):
             else:
                 # Nothing to learn from, but every parameter stays in the graph (DDP expects gradients).
                 cross_entropy = class_logits.sum() * 0.0
-            selected = mask_logits[image_ids, class_ids][:, None]
-            selected = upsample_mask_logits(selected, labels.shape[-2:], cell_size).flatten(1)
-            focal = sigmoid_focal_loss(selected, target_masks, self.focal_alpha, self.focal_gamma).sum() / num_masks
-            dice = dice_loss(selected, target_masks).sum() / num_masks
-            if image_ids.numel() == 0:
+            if image_ids.numel():
+                selected = mask_logits[image_ids, class_ids][:, None]
+                selected = upsample_mask_logits(selected, labels.shape[-2:], cell_size).flatten(1)
+                focal = sigmoid_focal_loss(selected, target_masks, self.focal_alpha, self.focal_gamma).sum()
+                focal = focal / num_masks
+                dice = dice_loss(selected, target_masks).sum() / num_masks
+            else:
                 focal = dice = mask_logits.sum() * 0.0
             total = total + self.class_weight * cross_entropy + self.focal_weight * focal + self.dice_weight * dice
         return total
