@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig, ViTConfig
 
-from .presets import PRESETS, get_preset
+from .presets import get_preset
 
 # The official models are mmseg ViTs: LayerNorm eps 1e-6 (transformers' ViT default is 1e-12), exact GELU.
 _ENCODER_DEFAULTS = {
@@ -183,8 +183,8 @@ class SegViTConfig(PreTrainedConfig):
                 f"`per_layer_outputs` needs a single ATM stage (one out_index, or query up-sampling); got out_indices "
                 f"{self.out_indices}."
             )
-        for size in _as_pair(encoder.image_size):
-            if size % _as_pair(encoder.patch_size)[0]:
+        for size in as_pair(encoder.image_size):
+            if size % as_pair(encoder.patch_size)[0]:
                 raise ValueError(
                     f"Encoder image_size {encoder.image_size} must be a multiple of the patch size {encoder.patch_size}."
                 )
@@ -228,10 +228,11 @@ class SegViTConfig(PreTrainedConfig):
         return cls(**values)
 
 
-def _as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+def as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    """`(height, width)` from a single size or a pair (ViTConfig allows both for image and patch sizes)."""
     if isinstance(value, (list, tuple)):
         return int(value[0]), int(value[1])
     return int(value), int(value)
 
 
-__all__ = ["SegViTConfig", "PRESETS"]
+__all__ = ["SegViTConfig"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from .configuration_segvit import SegViTConfig, _as_pair
+from .configuration_segvit import SegViTConfig, as_pair
 from .presets import get_preset
 
 PAPER_URL = "https://arxiv.org/abs/2210.05844"
@@ -173,9 +173,9 @@ def _count_parameters(config: SegViTConfig) -> int:
 
 def _architecture_table(config: SegViTConfig, preset, num_parameters: int | None) -> str:
     encoder = config.encoder_config
-    crop = _as_pair(encoder.image_size)
+    crop = as_pair(encoder.image_size)
     sizes = {768: "ViT-B/16", 1024: "ViT-L/16"}
-    backbone = sizes.get(encoder.hidden_size, "ViT") if _as_pair(encoder.patch_size)[0] == 16 else "ViT"
+    backbone = sizes.get(encoder.hidden_size, "ViT") if as_pair(encoder.patch_size)[0] == 16 else "ViT"
     rows = [
         ("Backbone", f"{backbone}: {encoder.num_hidden_layers} layers, width {encoder.hidden_size}, "
                      f"{encoder.num_attention_heads} heads, patch {encoder.patch_size}"),

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_utils import SizeDict
 
-from .configuration_segvit import _as_pair
+from .configuration_segvit import as_pair
 from .image_processing_segvit import get_image_size
 from .presets import PRESETS
 
@@ -36,7 +36,7 @@ MODES = ("whole", "slide")
 
 
 def _positive_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = _as_pair(value)
+    pair = as_pair(value)
     if min(pair) < 1:
         raise ValueError(f"`{name}` must be positive, got {value}.")
     return pair

@@ -13,7 +13,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import ViTLayer, ViTPatchEmbeddings, eager_attention_forward
 from transformers.utils import ModelOutput
 
-from .configuration_segvit import SegViTConfig, _as_pair
+from .configuration_segvit import SegViTConfig, as_pair
 
 
 @dataclass
@@ -102,8 +102,8 @@ class SegViTEmbeddings(nn.Module):
         super().__init__()
         encoder_config = config.encoder_config
         self.patch_embeddings = ViTPatchEmbeddings(encoder_config)
-        self.patch_size = _as_pair(encoder_config.patch_size)
-        image_size = _as_pair(encoder_config.image_size)
+        self.patch_size = as_pair(encoder_config.patch_size)
+        image_size = as_pair(encoder_config.image_size)
         self.position_grid = (image_size[0] // self.patch_size[0], image_size[1] // self.patch_size[1])
         num_positions = self.position_grid[0] * self.position_grid[1]
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, encoder_config.hidden_size))
@@ -340,7 +340,7 @@ class SegViTQueryUpsampler(nn.Module):
     def __init__(self, config: SegViTConfig):
         super().__init__()
         encoder_config = config.encoder_config
-        image_size, patch_size = _as_pair(encoder_config.image_size), _as_pair(encoder_config.patch_size)
+        image_size, patch_size = as_pair(encoder_config.image_size), as_pair(encoder_config.patch_size)
         self.query_grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
         width = config.decoder_hidden_size
         self.queries = nn.Embedding(self.query_grid[0] * self.query_grid[1], width)

@@ -29,7 +29,7 @@ import torch
 from transformers import PreTrainedConfig, ViTModel
 from transformers.utils import logging
 
-from .configuration_segvit import SegViTConfig, _as_pair
+from .configuration_segvit import SegViTConfig, as_pair
 from .modeling_segvit import SegViTForSemanticSegmentation, resize_position_embeddings
 
 logger = logging.get_logger(__name__)
@@ -237,7 +237,7 @@ def _transformers_vit_to_encoder(
             ignored.append(f"{key}[:, :1]")
         else:
             converted[key] = tensor
-    image_size, patch_size = _as_pair(vit_config.image_size), _as_pair(vit_config.patch_size)
+    image_size, patch_size = as_pair(vit_config.image_size), as_pair(vit_config.patch_size)
     grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
     if _POSITION_KEY in converted and converted[_POSITION_KEY].shape[1] != grid[0] * grid[1]:
         raise ValueError(
