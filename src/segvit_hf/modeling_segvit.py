@@ -81,7 +81,9 @@ def resize_position_embeddings(position_embeddings: torch.Tensor, source_grid, t
     (align_corners=False, as the official model). Returned unchanged when the grids are equal.
     """
     source_grid, target_grid = tuple(source_grid), tuple(target_grid)
-    if source_grid == target_grid:
+    # Under torch.compile / torch.export the target grid is symbolic: comparing it would specialise the graph on the
+    # source grid, so the resize runs there at every size (at equal sizes it returns the table exactly).
+    if not torch.compiler.is_compiling() and source_grid == target_grid:
         return position_embeddings
     dim = position_embeddings.shape[-1]
     table = position_embeddings.reshape(1, *source_grid, dim).permute(0, 3, 1, 2)
@@ -110,12 +112,14 @@ class SegViTEmbeddings(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Returns the tokens `(batch, grid_h * grid_w, hidden_size)` and the grid `(grid_h, grid_w)`."""
         height, width = pixel_values.shape[-2:]
-        pad_bottom = -height % self.patch_size[0]
-        pad_right = -width % self.patch_size[1]
-        if pad_bottom or pad_right:
-            # As the official patch embedding ("corner" adaptive padding): pad bottom/right, never crop.
-            pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
-        grid = ((height + pad_bottom) // self.patch_size[0], (width + pad_right) // self.patch_size[1])
+        # Ceiling division, not `-height % patch`: under torch.compile / torch.export the sizes are symbolic, and the
+        # modulo of a negative size breaks inductor at the second input size and makes export guard on it.
+        patch_height, patch_width = self.patch_size
+        grid = ((height + patch_height - 1) // patch_height, (width + patch_width - 1) // patch_width)
+        pad_bottom, pad_right = grid[0] * patch_height - height, grid[1] * patch_width - width
+        # As the official patch embedding ("corner" adaptive padding): pad bottom/right, never crop. Padding by zero
+        # pixels is a copy, not skipped: a branch on the symbolic sizes would specialise compiled graphs.
+        pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
         embeddings = self.patch_embeddings(pixel_values)
         embeddings = embeddings + resize_position_embeddings(self.position_embeddings, self.position_grid, grid)
         return self.dropout(embeddings), grid
@@ -145,7 +149,11 @@ def downsample_token_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[
     2x2 nearest down-sampling of `(batch, grid_h * grid_w, dim)` tokens: keeps even rows and columns (the top-left
     token of each 2x2 cell). Odd grids keep their last row/column, giving `(ceil(grid_h / 2), ceil(grid_w / 2))`.
     """
-    kept = tokens.unflatten(1, grid)[:, ::2, ::2]
+    # index_select rather than `[:, ::2, ::2]`: torch.export guards on the strides of such a view (on the grid's
+    # parity), which would tie an exported program to even or odd grids.
+    rows = torch.arange(0, grid[0], 2, device=tokens.device)
+    columns = torch.arange(0, grid[1], 2, device=tokens.device)
+    kept = tokens.unflatten(1, grid).index_select(1, rows).index_select(2, columns)
     return kept.flatten(1, 2), (kept.shape[1], kept.shape[2])
 
 
