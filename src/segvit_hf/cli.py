@@ -49,6 +49,18 @@ def _build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--top-k", type=int, default=8, help="classes in the mask grid (default 8)")
     predict_parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     predict_parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    export_parser = commands.add_parser(
+        "export",
+        help="export a checkpoint to ONNX",
+        description=(
+            "Export a SegViT checkpoint directory (model and image processor saved with save_pretrained) to "
+            "OUT_DIR/model.onnx, with dynamic batch, height and width, and save the configuration and image processor "
+            "beside it. Needs the onnx extra: pip install \"segvit-hf[onnx]\"."
+        ),
+    )
+    export_parser.add_argument("model", metavar="MODEL_DIR", help="checkpoint directory (or Hub id)")
+    export_parser.add_argument("out", metavar="OUT_DIR", type=Path, help="output directory (created if missing)")
+    export_parser.add_argument("--opset", type=int, help="ONNX opset version (default: torch.onnx's)")
     return parser
 
 
@@ -116,10 +128,32 @@ def _predict_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return 0
 
 
+def _export_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    try:
+        processor = SegViTImageProcessor.from_pretrained(args.model)
+    except OSError as error:
+        parser.error(
+            f"no image processor in {args.model} ({error.__class__.__name__}); the export saves it beside the ONNX "
+            "file. Save one beside the model, e.g. "
+            "SegViTImageProcessor.from_preset('ade20k-vit-b').save_pretrained(DIR)."
+        )
+    model = SegViTForSemanticSegmentation.from_pretrained(args.model)
+    path = export_onnx(model, processor, args.out, opset_version=args.opset)
+    print(
+        f"Wrote {path} with config.json and preprocessor_config.json beside it; run it with "
+        f"segvit_hf.export.SegViTOnnxSegmenter({str(args.out)!r})."
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `segvit` console command; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return _export_command(parser, args)
     return _predict_command(parser, args)
 
 
