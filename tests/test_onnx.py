@@ -14,7 +14,7 @@ pytest.importorskip("onnxscript", reason=REASON)
 pytest.importorskip("onnxruntime", reason=REASON)
 
 from segvit_hf.cli import main  # noqa: E402
-from segvit_hf.export import ONNX_FILE_NAME, SegViTOnnxSegmenter, export_onnx  # noqa: E402
+from segvit_hf.export import INT8_FILE_NAME, ONNX_FILE_NAME, SegViTOnnxSegmenter, export_onnx  # noqa: E402
 
 
 def tiny_processor():
@@ -79,17 +79,21 @@ def test_export_writes_dynamic_axes_configuration_and_processor(exported):
     assert segmenter.image_processor.to_dict() == tiny_processor().to_dict()
 
 
-def test_export_command(tmp_path):
+def test_export_command_with_int8_copy(tmp_path):
     model = SegViTForSemanticSegmentation(plain_config()).eval()
     model.save_pretrained(tmp_path / "model")
     tiny_processor().save_pretrained(tmp_path / "model")
-    assert main(["export", str(tmp_path / "model"), str(tmp_path / "onnx"), "--opset", "18"]) == 0
+    assert main(["export", str(tmp_path / "model"), str(tmp_path / "onnx"), "--opset", "18", "--int8"]) == 0
     assert onnx.load(tmp_path / "onnx" / ONNX_FILE_NAME, load_external_data=False).opset_import[0].version == 18
     pixel_values = torch.randn(1, 3, 48, 80)
     with torch.no_grad():
-        expected = model(pixel_values)
-    outputs = SegViTOnnxSegmenter(tmp_path / "onnx")(pixel_values)
-    torch.testing.assert_close(outputs.masks_queries_logits, expected.masks_queries_logits, atol=1e-4, rtol=0)
+        expected = model(pixel_values).masks_queries_logits
+    outputs = SegViTOnnxSegmenter(tmp_path / "onnx")(pixel_values).masks_queries_logits
+    torch.testing.assert_close(outputs, expected, atol=1e-4, rtol=0)
+    quantized = SegViTOnnxSegmenter(tmp_path / "onnx", file_name=INT8_FILE_NAME)(pixel_values).masks_queries_logits
+    assert quantized.shape == expected.shape
+    assert not torch.equal(quantized, expected)  # int8 arithmetic, close to the fp32 result
+    torch.testing.assert_close(quantized, expected, atol=0.05 * expected.abs().max().item(), rtol=0)
 
 
 def test_export_command_needs_a_processor_beside_the_model(tmp_path, capsys):

@@ -61,6 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("model", metavar="MODEL_DIR", help="checkpoint directory (or Hub id)")
     export_parser.add_argument("out", metavar="OUT_DIR", type=Path, help="output directory (created if missing)")
     export_parser.add_argument("--opset", type=int, help="ONNX opset version (default: torch.onnx's)")
+    export_parser.add_argument(
+        "--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantisation of the weights)"
+    )
     return parser
 
 
@@ -129,7 +132,7 @@ def _predict_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def _export_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .export import export_onnx
+    from .export import export_onnx, quantize_onnx
 
     try:
         processor = SegViTImageProcessor.from_pretrained(args.model)
@@ -141,10 +144,10 @@ def _export_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         )
     model = SegViTForSemanticSegmentation.from_pretrained(args.model)
     path = export_onnx(model, processor, args.out, opset_version=args.opset)
-    print(
-        f"Wrote {path} with config.json and preprocessor_config.json beside it; run it with "
-        f"segvit_hf.export.SegViTOnnxSegmenter({str(args.out)!r})."
-    )
+    print(f"Wrote {path} with config.json and preprocessor_config.json beside it.")
+    if args.int8:
+        print(f"Wrote {quantize_onnx(args.out)}.")
+    print(f"Run it with segvit_hf.export.SegViTOnnxSegmenter({str(args.out)!r}).")
     return 0
 
 
