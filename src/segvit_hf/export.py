@@ -126,9 +126,9 @@ def export_onnx(
 def quantize_onnx(model_dir: str | os.PathLike, file_name: str = ONNX_FILE_NAME) -> Path:
     """
     Dynamic int8 quantisation of an exported SegViT with ONNX Runtime's `quantize_dynamic`: the weights of the matrix
-    products with a constant operand (every linear layer of the encoder and the decoder: most of the FLOPs) are
-    stored in int8 and their inputs quantised on the fly at each call; attention products, normalisations and the
-    patch embedding stay fp32. Writes `model_dir/model_int8.onnx`; run it with
+    products with a constant operand (the linear layers exported as `MatMul`: all of the encoder's, most of the
+    decoder's, most of the FLOPs) are stored in int8 and their inputs quantised on the fly at each call; attention
+    products, normalisations and the patch embedding stay fp32. Writes `model_dir/model_int8.onnx`; run it with
     `SegViTOnnxSegmenter(model_dir, file_name="model_int8.onnx")`.
 
     Returns:
