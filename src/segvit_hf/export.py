@@ -97,8 +97,8 @@ def export_onnx(
     crop_height, crop_width = as_pair(encoder_config.image_size)
     patch = max(as_pair(encoder_config.patch_size))
     # A batch of 2 and a non-square size: tracing at a size of 1, or at equal height and width, would tie the graph to
-    # them.
-    example = torch.randn(2, encoder_config.num_channels, crop_height, crop_width + patch)
+    # them. The values do not matter (zeros leave the caller's random state alone).
+    example = torch.zeros(2, encoder_config.num_channels, crop_height, crop_width + patch)
     was_training = model.training
     model.eval()
     try:
