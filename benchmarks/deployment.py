@@ -11,7 +11,7 @@ Then the accuracy of int8: the toy model that `examples/demo.py` trains (`make d
 exported and quantised the same way, and its validation mIoU (whole image, at each image's size) is computed through
 `SegViTOnnxSegmenter` in fp32 and in int8. Without that folder this part is skipped.
 
-Usage:
+Needs the onnx extra (`pip install -e ".[onnx]"`). Usage:
 
     python benchmarks/deployment.py                              # 1 and 2 threads, 5 rounds after 1 warm-up
     python benchmarks/deployment.py --threads 1 --repeats 3
