@@ -50,6 +50,14 @@ def test_preset_labels_and_background_option():
         SegViTConfig.from_preset("ade20k-vit-b", with_background=True)
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_keep_the_built_in_encoder_atm_decoder_and_mask_loss(name):
+    config = SegViTConfig.from_preset(name)
+    assert config.backbone_config is None and isinstance(config.encoder_config, ViTConfig)
+    assert (config.decoder_type, config.segmentation_loss, config.query_downsampling) == ("atm", "mask", "nearest")
+    assert config.output_stride == 16
+
+
 def test_preset_overrides():
     config = SegViTConfig.from_preset("ade20k-vit-b", decoder_dropout=0.0)
     assert config.decoder_dropout == 0.0

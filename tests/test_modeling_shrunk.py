@@ -43,7 +43,7 @@ def test_qd_uses_the_same_weights_as_a_plain_layer(tester):
     layer = shrunk.layers[2]
     tokens = torch.randn(2, 16, tester.hidden_size)
     shrunk_out, grid, _ = layer(tokens, (4, 4))
-    layer.downsample_queries = False
+    layer.query_downsampling = None
     plain_out, _, _ = layer(tokens, (4, 4))
     kept, _ = downsample_token_grid(plain_out, (4, 4))
     assert grid == (2, 2)

@@ -53,9 +53,12 @@ def sliding_window(
     """
     The `(height, width)` crop and stride of sliding-window inference for a model configuration.
 
-    The crop defaults to the training crop, `config.encoder_config.image_size`. The stride defaults to the released
-    models' (341 for 512, 608 for 640, 320 for 480, see `segvit_hf.PRESETS`); for other crops, two thirds of the crop.
+    The crop defaults to the training crop, `config.encoder_config.image_size` (a model on a transformers backbone
+    has none: pass `crop_size`). The stride defaults to the released models' (341 for 512, 608 for 640, 320 for 480,
+    see `segvit_hf.PRESETS`); for other crops, two thirds of the crop.
     """
+    if crop_size is None and config.encoder_config is None:
+        raise ValueError("This model runs on a transformers backbone, which has no training crop: pass `crop_size`.")
     crop = _positive_pair(crop_size if crop_size is not None else config.encoder_config.image_size, "crop_size")
     if stride is None:
         stride_by_crop = {preset.crop_size: preset.slide_stride for preset in PRESETS.values()}
@@ -72,7 +75,8 @@ def whole_inference(model, pixel_values: torch.Tensor) -> torch.Tensor:
     `(batch, 3, H, W)`, as fp32 `(batch, num_labels, H, W)`.
     """
     outputs = model(pixel_values=pixel_values)
-    patch_size = as_pair(model.config.encoder_config.patch_size)
+    encoder_config = model.config.encoder_config
+    patch_size = as_pair(encoder_config.patch_size if encoder_config is not None else model.config.output_stride)
     scores = segmentation_scores(
         outputs.class_queries_logits, outputs.masks_queries_logits, pixel_values.shape[-2:], patch_size
     )

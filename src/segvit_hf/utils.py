@@ -86,13 +86,13 @@ def _positive_int(name: str, value: Any) -> int:
 def _input_channels(model: nn.Module) -> int:
     """Image channels the model expects, read from its (SegViT or other transformers vision) config."""
     config = getattr(model, "config", None)
-    for candidate in (getattr(config, "encoder_config", None), config):
+    for candidate in (getattr(config, "encoder_config", None), getattr(config, "backbone_config", None), config):
         channels = getattr(candidate, "num_channels", None)
         if isinstance(channels, int):
             return channels
     raise ValueError(
         f"Cannot tell how many input channels {type(model).__name__} expects: it has no `config.num_channels` "
-        "(nor `config.encoder_config.num_channels`). Pass `num_channels`."
+        "(nor `config.encoder_config.num_channels`, `config.backbone_config.num_channels`). Pass `num_channels`."
     )
 
 
