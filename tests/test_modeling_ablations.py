@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from official_reference import (
+    make_random_official_shrunk_state_dict,
+    make_random_official_state_dict,
+    official_forward,
+)
 from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor
+from segvit_hf.conversion import CheckpointConversionError, convert_official_checkpoint
 from segvit_hf.image_processing_segvit import segmentation_scores
 from segvit_hf.modeling_segvit import downsample_token_grid
 from segvit_testing import scores_of
@@ -270,3 +276,66 @@ def test_setr_config_defaults_to_cross_entropy(tester):
     assert config.segmentation_loss == "cross_entropy"
     assert tester.get_config().segmentation_loss == "mask"
     assert isinstance(config, SegViTConfig)
+
+
+# ----- converting official checkpoints of the ablations ------------------------------------------------------
+
+TINY_OFFICIAL = dict(
+    hidden_size=64, num_layers=4, num_heads=4, decoder_dim=32, decoder_num_heads=4, num_classes=7, crop=64
+)
+
+
+def _official_inputs():
+    pixel_values = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    labels = torch.randint(0, 7, (2, 64, 64), generator=torch.Generator().manual_seed(1))
+    labels[:, :16, :20] = 255
+    return pixel_values, labels
+
+
+def test_official_single_layer_atm_converts_with_the_cross_entropy_loss():
+    """Table 4's ATM + CE: the official head with `CE_loss=True` hands its `pred` to a per-pixel cross-entropy."""
+    state_dict = make_random_official_state_dict(**TINY_OFFICIAL, num_stages=1, seed=0)
+    model = convert_official_checkpoint(
+        state_dict,
+        num_attention_heads=4,
+        decoder_num_attention_heads=4,
+        out_indices=[3],
+        image_size=64,
+        per_layer_outputs=True,
+        segmentation_loss="cross_entropy",
+    )
+    pixel_values, labels = _official_inputs()
+    expected_pred, _ = official_forward(state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=[3])
+    outputs = model(pixel_values, labels=labels)
+    torch.testing.assert_close(scores_of(model, outputs, (64, 64)), expected_pred, atol=1e-4, rtol=0)
+    expected_loss = F.cross_entropy(expected_pred, labels, ignore_index=255, reduction="none").sum() / labels.numel()
+    torch.testing.assert_close(outputs.loss, expected_loss, atol=1e-4, rtol=1e-4)
+
+
+def test_official_four_stage_cascade_converts_with_parity():
+    """Table 5's [3, 6, 9, 12] row: a four-stage official ATM head."""
+    state_dict = make_random_official_state_dict(**TINY_OFFICIAL, num_stages=4, seed=4)
+    model = convert_official_checkpoint(
+        state_dict, num_attention_heads=4, decoder_num_attention_heads=4, out_indices=[0, 1, 2, 3], image_size=64
+    )
+    pixel_values, labels = _official_inputs()
+    expected_pred, expected_loss = official_forward(
+        state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=[0, 1, 2, 3], labels=labels
+    )
+    outputs = model(pixel_values, labels=labels)
+    torch.testing.assert_close(scores_of(model, outputs, (64, 64)), expected_pred, atol=1e-4, rtol=0)
+    torch.testing.assert_close(outputs.loss, expected_loss, rtol=1e-4, atol=0)
+
+
+def test_official_shrunk_tensors_convert_with_the_nearest_qkv_mode():
+    """QD's mode changes no tensor: a Shrunk checkpoint loads into the Q, K, V variant, which computes otherwise."""
+    shrunk = dict(TINY_OFFICIAL, num_layers=6)
+    state_dict = make_random_official_shrunk_state_dict(**shrunk, seed=0)
+    arguments = dict(num_attention_heads=4, decoder_num_attention_heads=4, out_indices=[1, 5], image_size=64)
+    nearest = convert_official_checkpoint(state_dict, shrink_index=2, **arguments)
+    qkv = convert_official_checkpoint(state_dict, shrink_index=2, query_downsampling="nearest_qkv", **arguments)
+    assert qkv.config.query_downsampling == "nearest_qkv"
+    pixel_values, _ = _official_inputs()
+    assert not torch.allclose(qkv(pixel_values).masks_queries_logits, nearest(pixel_values).masks_queries_logits)
+    with pytest.raises(CheckpointConversionError, match="query_downsampler"):
+        convert_official_checkpoint(state_dict, shrink_index=2, query_downsampling="conv", **arguments)

@@ -187,7 +187,7 @@ class SegViTConfig(PreTrainedConfig):
         self.backbone_config = backbone_config
         self.backbone = backbone
         self.use_pretrained_backbone = use_pretrained_backbone
-        # Folded into `backbone_config` above; kept out of the saved configuration so that it reloads as is.
+        # Folded into `backbone_config` above: saved as None, so that the saved configuration reloads as is.
         self.backbone_kwargs = None
         self.out_indices = [int(i) for i in (out_indices if out_indices is not None else (5, 7, 11))]
         self.decoder_type = decoder_type
@@ -221,7 +221,8 @@ class SegViTConfig(PreTrainedConfig):
             self._validate_encoder()
         else:
             self._validate_backbone()
-        if self.decoder_hidden_size % self.decoder_num_attention_heads:
+        # The SETR decoder has no attention: its width is only a number of channels.
+        if self.decoder_type == "atm" and self.decoder_hidden_size % self.decoder_num_attention_heads:
             raise ValueError(
                 f"`decoder_hidden_size` {self.decoder_hidden_size} is not divisible by "
                 f"`decoder_num_attention_heads` {self.decoder_num_attention_heads}."

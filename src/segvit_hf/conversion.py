@@ -221,13 +221,17 @@ def convert_official_checkpoint(
     shrink_index: int | None = None,
     preset: str | None = None,
     id2label: dict[int, str] | None = None,
+    **config_overrides: Any,
 ) -> SegViTForSemanticSegmentation:
     """
     Build a [`SegViTForSemanticSegmentation`] from an official SegViT checkpoint.
 
     Widths, depths, class count and position grid are read from the tensors; head counts, `out_indices`, the crop
     size and `shrink_index` come from the arguments, else from `preset` (one of `segvit_hf.PRESETS`). Labels come from
-    `id2label`, else from the preset when its class count matches the checkpoint.
+    `id2label`, else from the preset when its class count matches the checkpoint. `config_overrides` set what the
+    tensors cannot tell, for checkpoints of the paper's ablations: e.g. `segmentation_loss="cross_entropy"` and
+    `per_layer_outputs=True` for the single-layer ATM trained with cross-entropy (Table 4), or
+    `query_downsampling="nearest_qkv"` (Table 7).
 
     Returns the model in eval mode. Raises [`CheckpointConversionError`] for unknown or missing tensors (named),
     or when the arguments disagree with the tensors.
@@ -299,6 +303,7 @@ def convert_official_checkpoint(
         query_upsampling=arch["query_upsampling"],
         id2label=dict(id2label),
         label2id={label: int(i) for i, label in id2label.items()},
+        **config_overrides,
     )
     model = SegViTForSemanticSegmentation(config)
     converted = convert_state_dict(state_dict)
