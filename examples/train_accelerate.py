@@ -87,7 +87,7 @@ def evaluate(model, dataloader, accelerator, num_labels: int, ignore_index: int)
     with torch.no_grad():
         for batch in dataloader:
             outputs = model(pixel_values=batch["pixel_values"])
-            patch_size = accelerator.unwrap_model(model).config.encoder_config.patch_size
+            patch_size = accelerator.unwrap_model(model).config.output_stride
             predictions = logits_to_label_maps(outputs.to_tuple(), batch["labels"], patch_size)
             # Only label maps cross processes; gather_for_metrics drops the samples repeated to even out shards.
             predictions, references = accelerator.gather_for_metrics((predictions, batch["labels"]))

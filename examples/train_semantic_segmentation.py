@@ -190,6 +190,8 @@ def build_model_and_datasets(model_args: ModelArguments, data_args: DataArgument
     )
     model, image_mean, image_std = build_model(model_args, data_source)
     config = model.config
+    if data_args.crop_size is None and config.encoder_config is None:
+        raise ValueError("A SegViT on a transformers backbone has no training crop in its config: pass --crop_size.")
     crop_size = data_args.crop_size or config.encoder_config.image_size
     train_scale = tuple(data_args.train_scale) if data_args.train_scale else None
     if train_scale is None and data_args.dataset == "toy" and crop_size == TOY_CROP_SIZE:
@@ -251,7 +253,7 @@ def build_trainer(
         eval_dataset=eval_dataset,
         data_collator=partial(collate_segmentation, ignore_index=config.ignore_index),
         compute_metrics=SemanticSegmentationMetrics(config.num_labels, config.ignore_index, config.id2label),
-        preprocess_logits_for_metrics=partial(logits_to_label_maps, patch_size=config.encoder_config.patch_size),
+        preprocess_logits_for_metrics=partial(logits_to_label_maps, patch_size=config.output_stride),
         optimizers=(optimizer, scheduler),
         callbacks=[DatasetEpochCallback()],
     )
@@ -299,7 +301,7 @@ def save_processor(
         "image_mean": list(image_mean),
         "image_std": list(image_std),
         "do_reduce_labels": bool(reduce_labels),
-        "patch_size": config.encoder_config.patch_size,
+        "patch_size": config.output_stride,
     }
     if preset:
         processor = SegViTImageProcessor.from_preset(preset, **options)

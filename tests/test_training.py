@@ -71,6 +71,30 @@ def test_trainer_script_trains_evaluates_and_saves(tiny_config_dir, tmp_path):
     assert (output_dir / "preprocessor_config.json").is_file()
 
 
+def test_trainer_script_trains_a_segvit_on_a_transformers_backbone(tmp_path):
+    """The recipe of docs/training.md: a saved SegViT on Swin, trained from its directory with an explicit crop."""
+    from transformers import SwinConfig
+
+    from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor
+    from segvit_hf.data import TOY_ID2LABEL
+
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4)
+    config = SegViTConfig(
+        backbone_config=swin,
+        out_indices=[2, 3, 4],
+        decoder_hidden_size=16,
+        decoder_num_attention_heads=4,
+        decoder_layers_per_stage=1,
+        id2label=dict(TOY_ID2LABEL),
+    )
+    SegViTForSemanticSegmentation(config).save_pretrained(tmp_path / "init")
+    arguments = trainer_arguments(str(tmp_path / "init"), tmp_path / "run", 2, "--do_train", "--do_eval")
+    arguments[:2] = ["--model_name_or_path", str(tmp_path / "init"), "--crop_size", "64"]
+    trainer = trainer_script()["main"](arguments + ["--save_strategy", "no"])
+    assert trainer.state.global_step == 2
+    assert SegViTImageProcessor.from_pretrained(tmp_path / "run").patch_size == 8  # Swin stage 2: stride 8
+
+
 class StopAtStep(TrainerCallback):
     """Simulates an interruption (a crash or a kill) after optimiser step `step`."""
 
