@@ -240,22 +240,15 @@ def _as_target_sizes(target_sizes: Any, batch_size: int) -> list[tuple[int, int]
     return sizes
 
 
-def _score_bands(
-    class_queries_logits: torch.Tensor,
-    masks_queries_logits: torch.Tensor,
-    size: tuple[int, int],
-    cell_size: tuple[int, int],
-):
+def _mask_bands(masks_queries_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]):
     """
-    Yields `(top, bottom, scores)` for consecutive bands of rows of the ATM scores at `size`, `scores` being
-    `(batch, labels, bottom - top, size[1])`. Each band of grid rows is resized together with one neighbouring grid row
+    Yields `(top, bottom, masks)` for consecutive bands of rows of the sigmoid masks at `size`, `masks` being
+    `(batch, queries, bottom - top, size[1])`. Each band of grid rows is resized together with one neighbouring grid row
     on either side, which gives its pixels exactly the bilinear weights of the whole-map resize.
     """
-    batch_size, num_queries, grid_h, grid_w = masks_queries_logits.shape
+    _, num_queries, grid_h, grid_w = masks_queries_logits.shape
     cell_h, cell_w = cell_size
-    dtype = torch.promote_types(masks_queries_logits.dtype, torch.float32)
-    class_probabilities = class_queries_logits.to(dtype).softmax(dim=-1)[..., :-1].transpose(1, 2)
-    masks_queries_logits = masks_queries_logits.to(dtype)
+    masks_queries_logits = masks_queries_logits.to(torch.promote_types(masks_queries_logits.dtype, torch.float32))
     cells_per_band = max(1, MAX_BAND_ELEMENTS // (num_queries * cell_h * grid_w * cell_w))
     for first in range(0, grid_h, cells_per_band):
         top = first * cell_h
@@ -271,8 +264,13 @@ def _score_bands(
         )
         bottom = min(last * cell_h, size[0])
         offset = (first - context_first) * cell_h
-        band = band[:, :, offset : offset + bottom - top, : size[1]].sigmoid()
-        yield top, bottom, torch.matmul(class_probabilities, band.flatten(2)).unflatten(-1, (-1, size[1]))
+        yield top, bottom, band[:, :, offset : offset + bottom - top, : size[1]].sigmoid()
+
+
+def _class_probabilities(class_queries_logits: torch.Tensor) -> torch.Tensor:
+    """`(batch, queries, labels)`: each query's softmax over the labels and "no object", the latter dropped."""
+    dtype = torch.promote_types(class_queries_logits.dtype, torch.float32)
+    return class_queries_logits.to(dtype).softmax(dim=-1)[..., :-1]
 
 
 def segmentation_scores(
@@ -306,11 +304,11 @@ def segmentation_scores(
 
 def _scores_in_region(class_queries_logits, masks_queries_logits, size, cell_size) -> torch.Tensor:
     """The ATM scores of the top-left `size` pixels of the input, the mask grid placed with `cell_size`."""
-    batch_size, num_labels = class_queries_logits.shape[0], class_queries_logits.shape[-1] - 1
-    dtype = torch.promote_types(masks_queries_logits.dtype, torch.float32)
-    scores = masks_queries_logits.new_empty((batch_size, num_labels, *size), dtype=dtype)
-    for top, bottom, band in _score_bands(class_queries_logits, masks_queries_logits, size, cell_size):
-        scores[:, :, top:bottom] = band
+    class_probabilities = _class_probabilities(class_queries_logits).transpose(1, 2)
+    batch_size, num_labels = class_probabilities.shape[:2]
+    scores = masks_queries_logits.new_empty((batch_size, num_labels, *size), dtype=class_probabilities.dtype)
+    for top, bottom, masks in _mask_bands(masks_queries_logits, size, cell_size):
+        scores[:, :, top:bottom] = torch.matmul(class_probabilities, masks.flatten(2)).unflatten(-1, masks.shape[-2:])
     return scores
 
 
@@ -331,9 +329,12 @@ def segmentation_label_maps(
 
 
 def _label_maps_in_region(class_queries_logits, masks_queries_logits, size, cell_size) -> torch.Tensor:
+    class_probabilities = _class_probabilities(class_queries_logits)
     label_maps = masks_queries_logits.new_empty((masks_queries_logits.shape[0], *size), dtype=torch.int64)
-    for top, bottom, band in _score_bands(class_queries_logits, masks_queries_logits, size, cell_size):
-        label_maps[:, top:bottom] = band.argmax(dim=1)
+    for top, bottom, masks in _mask_bands(masks_queries_logits, size, cell_size):
+        # Pixels first: the argmax then runs along contiguous memory, several times faster than across labels.
+        scores = torch.matmul(masks.flatten(2).transpose(1, 2), class_probabilities)
+        label_maps[:, top:bottom] = scores.argmax(dim=-1).unflatten(-1, masks.shape[-2:])
     return label_maps
 
 
