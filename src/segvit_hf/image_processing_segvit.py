@@ -8,6 +8,7 @@ class, so `SegViTImageProcessor()` always works.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -690,7 +691,7 @@ class _SegViTImageProcessingMixin:
                 inside the model input (needs `pixel_mask`).
             pixel_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*):
                 The `pixel_mask` this processor returned with the batch: each prediction is cropped to its image
-                before resizing.
+                before resizing. Taken from `outputs["pixel_mask"]` when the outputs carry it (as the pipeline's do).
             return_segmentation_scores (`bool`, *optional*, defaults to `False`):
                 Return [`SemanticSegmentationPostProcessorOutput`]s with the `(num_labels, height, width)` scores too.
 
@@ -706,6 +707,8 @@ class _SegViTImageProcessingMixin:
                 )
         masks_queries_logits = outputs.masks_queries_logits
         batch_size = masks_queries_logits.shape[0]
+        if pixel_mask is None and isinstance(outputs, Mapping):
+            pixel_mask = outputs.get("pixel_mask")
         if target_sizes is not None:
             target_sizes = _as_target_sizes(target_sizes, batch_size)
         valid_sizes, cell_size = self.image_regions(masks_queries_logits.shape[-2:], batch_size, target_sizes, pixel_mask)
