@@ -332,6 +332,19 @@ def segmentation_label_maps(
 def _label_maps_in_region(class_queries_logits, masks_queries_logits, size, cell_size) -> torch.Tensor:
     class_probabilities = _class_probabilities(class_queries_logits)
     label_maps = masks_queries_logits.new_empty((masks_queries_logits.shape[0], *size), dtype=torch.int64)
+    for index in range(label_maps.shape[0]):
+        label_maps[index] = _MaskBounds(masks_queries_logits[index], size, cell_size).label_map(
+            class_probabilities[index],
+            dense=lambda: _dense_label_maps(
+                class_probabilities[index : index + 1], masks_queries_logits[index : index + 1], size, cell_size
+            )[0],
+        )
+    return label_maps
+
+
+def _dense_label_maps(class_probabilities, masks_queries_logits, size, cell_size) -> torch.Tensor:
+    """The label maps scored at every pixel, band by band of rows."""
+    label_maps = masks_queries_logits.new_empty((masks_queries_logits.shape[0], *size), dtype=torch.int64)
     for top, bottom, masks in _mask_bands(masks_queries_logits, size, cell_size):
         # Pixels first: the argmax then runs along contiguous memory, several times faster than across labels.
         scores = torch.matmul(masks.flatten(2).transpose(1, 2), class_probabilities)
@@ -350,6 +363,115 @@ def _bilinear_sources(source_length: int, target_length: int, device: torch.devi
     high = torch.where(low < source_length - 1, low + 1, low)
     high_weight = position - low
     return low.to(device), high.to(device), (1 - high_weight).to(device), high_weight.to(device)
+
+
+# A block of pixels takes a class when that class's lowest possible score there beats every other class's highest
+# by more than rounding; a block no larger than this many pixels (on average) is scored pixel by pixel.
+_DECISION_MARGIN = 1e-6
+_SMALLEST_BLOCK = 24
+
+
+class _AxisPlacement:
+    """One axis of the mask grid placed on `length` pixels by the bilinear resize: per pixel, two cells and weights."""
+
+    def __init__(self, cells: int, cell_size: int, length: int, device: torch.device):
+        low, high, low_weight, high_weight = _bilinear_sources(cells, cells * cell_size, device)
+        self.low, self.high = low[:length], high[:length]
+        self.low_weight, self.high_weight = low_weight[:length], high_weight[:length]
+        # Between two neighbouring cell centres a mask logit is linear in the pixel's weight: such a run of pixels is
+        # a piece.
+        starts = torch.ones(length, dtype=torch.bool, device=device)
+        starts[1:] = self.low[1:] != self.low[:-1]
+        self.piece_starts = starts.nonzero().squeeze(1)
+        self.piece_stops = torch.cat([self.piece_starts[1:], self.piece_starts.new_tensor([length])])
+
+
+class _MaskBounds:
+    """
+    The ATM label map without scoring every pixel. On a block of pixels inside one piece of both axes, each mask
+    logit is bilinear in the pixel's weights, so its smallest and largest values lie at the block's corners; the
+    sigmoid keeps that order and the class probabilities are non-negative, so every class's score on the block lies
+    between the class mix of the corner minima and that of the corner maxima. A block where one class's lowest score
+    beats every other class's highest takes that class. The others are cut in four and tried again, down to blocks of
+    a few pixels, which are scored exactly; when most of the image is still undecided there (near-uniform classes),
+    `dense` scores it all.
+    """
+
+    def __init__(self, masks_queries_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]):
+        num_queries, grid_h, self.grid_w = masks_queries_logits.shape
+        device = masks_queries_logits.device
+        self.size = size
+        self.rows = _AxisPlacement(grid_h, cell_size[0], size[0], device)
+        self.cols = _AxisPlacement(self.grid_w, cell_size[1], size[1], device)
+        # (cells, queries): one gather reads all the queries of a cell.
+        dtype = torch.promote_types(masks_queries_logits.dtype, torch.float32)
+        self.cell_masks = masks_queries_logits.to(dtype).flatten(1).T.contiguous()
+
+    def mask_logits_at(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`(pixels, queries)` mask logits at pixels `(y, x)`, in `F.interpolate`'s order of operations."""
+        rows, cols = self.rows, self.cols
+        row_low, row_high = rows.low[y] * self.grid_w, rows.high[y] * self.grid_w
+        col_low, col_high = cols.low[x], cols.high[x]
+        col_low_weight, col_high_weight = cols.low_weight[x, None], cols.high_weight[x, None]
+        upper = col_low_weight * self.cell_masks[row_low + col_low] + col_high_weight * self.cell_masks[row_low + col_high]
+        lower = col_low_weight * self.cell_masks[row_high + col_low] + col_high_weight * self.cell_masks[row_high + col_high]
+        return rows.low_weight[y, None] * upper + rows.high_weight[y, None] * lower
+
+    def label_map(self, class_probabilities: torch.Tensor, dense) -> torch.Tensor:
+        """`class_probabilities` `(queries, labels)`; `dense()` gives the same label map scored at every pixel."""
+        label_map = torch.empty(self.size, dtype=torch.int64, device=self.cell_masks.device)
+        row_pieces, col_pieces = len(self.rows.piece_starts), len(self.cols.piece_starts)
+        blocks = (
+            self.rows.piece_starts.repeat_interleave(col_pieces),
+            self.rows.piece_stops.repeat_interleave(col_pieces),
+            self.cols.piece_starts.repeat(row_pieces),
+            self.cols.piece_stops.repeat(row_pieces),
+        )
+        while True:
+            top, bottom, left, right = blocks
+            corners = [self.mask_logits_at(y, x) for y in (top, bottom - 1) for x in (left, right - 1)]
+            lowest = torch.stack(corners).amin(dim=0).sigmoid() @ class_probabilities  # (blocks, labels)
+            highest = torch.stack(corners).amax(dim=0).sigmoid() @ class_probabilities
+            best_lowest, best = lowest.max(dim=1)
+            highest.scatter_(1, best[:, None], float("-inf"))
+            decided = highest.max(dim=1).values < best_lowest - _DECISION_MARGIN
+            y, x, block = _block_pixels(*(side[decided] for side in blocks))
+            label_map[y, x] = best[decided][block]
+            blocks = tuple(side[~decided] for side in blocks)
+            areas = (blocks[1] - blocks[0]) * (blocks[3] - blocks[2])
+            if not areas.numel():
+                return label_map
+            if float(areas.float().mean()) <= _SMALLEST_BLOCK:
+                break
+            blocks = _quarter_blocks(*blocks)
+        if int(areas.sum()) > self.size[0] * self.size[1] // 4:
+            return dense()
+        y, x, _ = _block_pixels(*blocks)
+        label_map[y, x] = (self.mask_logits_at(y, x).sigmoid() @ class_probabilities).argmax(dim=1)
+        return label_map
+
+
+def _block_pixels(top, bottom, left, right):
+    """Every pixel `(y, x)` of the blocks `[top, bottom) x [left, right)`, with the index of its block."""
+    widths = right - left
+    areas = (bottom - top) * widths
+    block = torch.repeat_interleave(torch.arange(top.numel(), device=top.device), areas)
+    offset = torch.arange(int(areas.sum()), device=top.device) - torch.repeat_interleave(areas.cumsum(0) - areas, areas)
+    return top[block] + offset // widths[block], left[block] + offset % widths[block], block
+
+
+def _quarter_blocks(top, bottom, left, right):
+    """Each block cut in up to four: each side longer than one pixel is halved."""
+    middle_y, middle_x = (top + bottom + 1) // 2, (left + right + 1) // 2
+    tall, wide = bottom - top > 1, right - left > 1
+    upper_bottom, left_right = torch.where(tall, middle_y, bottom), torch.where(wide, middle_x, right)
+    quarters = [
+        (top, upper_bottom, left, left_right, torch.ones_like(tall)),
+        (top, upper_bottom, middle_x, right, wide),
+        (middle_y, bottom, left, left_right, tall),
+        (middle_y, bottom, middle_x, right, tall & wide),
+    ]
+    return tuple(torch.cat([quarter[side][quarter[4]] for quarter in quarters]) for side in range(4))
 
 
 def resized_score_bands(scores: torch.Tensor, size: tuple[int, int], max_band_elements: int = MAX_BAND_ELEMENTS):
