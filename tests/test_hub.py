@@ -289,7 +289,7 @@ def test_transformers_push_to_hub_works_for_model_and_processor(tmp_path, monkey
 _TINY_WIDTHS = {"vit-b": dict(hidden_size=48, decoder_dim=24), "vit-l": dict(hidden_size=32, decoder_dim=32)}
 
 
-def write_released_checkpoint(directory: Path, preset_name: str, num_classes: int | None = None) -> None:
+def write_released_checkpoint(directory: Path, preset_name: str, num_classes: int | None = None, seed: int = 0) -> None:
     preset = PRESETS[preset_name]
     encoder = preset.encoder
     widths = _TINY_WIDTHS["vit-b" if encoder["hidden_size"] == 768 else "vit-l"]
@@ -301,7 +301,7 @@ def write_released_checkpoint(directory: Path, preset_name: str, num_classes: in
         decoder_num_heads=preset.decoder_num_attention_heads,
         num_classes=num_classes or {"ade20k": 150, "cocostuff": 171, "pascal-context": 59}[preset.dataset],
         crop=preset.crop_size,
-        seed=0,
+        seed=seed,
         with_loss_buffer=True,
     )
     if preset.shrink_index is None:
