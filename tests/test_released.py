@@ -18,14 +18,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_hub import write_released_checkpoint
 
 import segvit_hf
-from segvit_hf import SegViTForSemanticSegmentation
+from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
 from segvit_hf.conversion import convert_official_checkpoint
 from segvit_hf.hub import HubUnreachableError
+from segvit_hf.inference import predict
 from segvit_hf.released import RELEASED_REPO_ID, load_released
 
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)$")
@@ -136,8 +139,10 @@ def run_python(arguments: list[str], hub: LocalHub, home: Path, offline: bool = 
 LIBRARY_CHECK = textwrap.dedent(
     """
     import json, sys
-        import torch
-        from transformers import pipeline
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import pipeline
     from segvit_hf.released import download_released, load_released
 
     model, processor = load_released("ade20k-vit-b", token="hf_local_test")
@@ -196,6 +201,28 @@ def test_load_released_downloads_converts_and_caches(hub, tmp_path):
     assert report["segments"] and report["mask_size"] == [60, 40]
     v2_model = SegViTForSemanticSegmentation.from_pretrained(directory_v2)
     assert not torch.equal(v2_model.decode_head.class_queries.weight, expected.decode_head.class_queries.weight)
+
+
+def test_the_command_line_downloads_then_predicts_offline(hub, tmp_path):
+    hub.add_commit(RELEASED_REPO_ID, {"ade_51.3.pth": released_file(tmp_path, "ade20k-vit-b", seed=0)})
+    home = tmp_path / "home"
+    printed = run_python(["-m", "segvit_hf.cli", "download", "ade20k-vit-b"], hub, home).stdout
+    directory = Path(printed.strip().splitlines()[-1].split(": ", 1)[1])
+    assert (directory / "model.safetensors").is_file()
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    image.save(tmp_path / "street.png")
+    requests_before = len(hub.requests)
+    run_python(
+        ["-m", "segvit_hf.cli", "predict", str(tmp_path / "street.png"), "--model", "ade20k-vit-b", "--out",
+         str(tmp_path / "out"), "--threads", "1"],
+        hub, home, offline=True,
+    )
+    assert len(hub.requests) == requests_before  # offline: the converted model came from the cache
+    model = SegViTForSemanticSegmentation.from_pretrained(directory)
+    processor = SegViTImageProcessor.from_pretrained(directory)
+    with Image.open(tmp_path / "out" / "street_labels.png") as labels:
+        np.testing.assert_array_equal(np.array(labels), predict(model, processor, image).numpy())
 
 
 def test_uncached_offline_says_so_promptly(tmp_path):
