@@ -145,9 +145,12 @@ LIBRARY_CHECK = textwrap.dedent(
     from transformers import pipeline
     from segvit_hf.released import download_released, load_released
 
-    model, processor = load_released("ade20k-vit-b", token="hf_local_test")
+    # The README's snippet, as written.
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
-    segments = pipeline("image-segmentation", model=model, image_processor=processor)(image)
+    namespace = {"image": image}
+    exec(sys.argv[2], namespace)
+    segments = namespace["segments"]
+    model, processor = load_released("ade20k-vit-b", token="hf_local_test")
     pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.save(model(pixel_values=pixel_values).logits, sys.argv[1])
@@ -176,7 +179,10 @@ def test_load_released_downloads_converts_and_caches(hub, tmp_path):
     commit = hub.add_commit(RELEASED_REPO_ID, {"ade_51.3.pth": main_file})
     v2_commit = hub.add_commit(RELEASED_REPO_ID, {"ade_51.3.pth": v2_file}, revision="v2")
     (tmp_path / "check.py").write_text(LIBRARY_CHECK)
-    completed = run_python([str(tmp_path / "check.py"), str(tmp_path / "logits.pt")], hub, tmp_path / "home")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme.split("The authors' released weights", 1)[1], re.S).group(1)
+    assert "load_released(" in snippet
+    completed = run_python([str(tmp_path / "check.py"), str(tmp_path / "logits.pt"), snippet], hub, tmp_path / "home")
     report = json.loads(completed.stdout.strip().splitlines()[-1])
 
     # Converted once per commit, into the assets cache; the second call of the same revision downloads nothing.
