@@ -79,6 +79,17 @@ def test_missing_processor_asks_for_one(tiny_checkpoint, tmp_path):
         run_script(*toy_arguments(model_only, "--mode", "whole"))
 
 
+def test_the_docstring_commands_are_those_of_the_docs():
+    script = (EXAMPLES / "evaluate_semantic_segmentation.py").read_text()
+    docstring = script.split('"""')[1]
+    documented = " ".join((EXAMPLES.parent / "docs" / "evaluation.md").read_text().replace("\\\n", " ").split())
+    commands = [" ".join(command.split()) for command in docstring.replace("\\\n", " ").splitlines()]
+    commands = [command for command in commands if command.startswith("python examples/evaluate_semantic_segmentation")]
+    assert len(commands) == 3
+    for command in commands:
+        assert command in documented
+
+
 def test_demo_runs_end_to_end(tmp_path):
     output_dir = tmp_path / "demo"
     demo = runpy.run_path(str(EXAMPLES / "demo.py"))
