@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download, is_offline_mode
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from .configuration_segvit import SegViTConfig, as_pair
@@ -96,7 +96,7 @@ def download_hub_file(repo_id: str, filename: str, **hub_kwargs: Any) -> str:
     try:
         return hf_hub_download(repo_id, filename, **hub_kwargs)
     except LocalEntryNotFoundError as error:
-        if is_offline_mode():
+        if constants.HF_HUB_OFFLINE:
             why = "offline mode is on (HF_HUB_OFFLINE)"
         elif hub_kwargs.get("local_files_only"):
             why = "local_files_only=True"
