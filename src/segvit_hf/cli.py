@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict":
         _check_predict_arguments(subparsers["predict"], args)
-        return run_command(_predict_command, args, "segvit predict")
-    return run_command(_download_command, args, "segvit download")
+        return run_command(_predict_command, args, subparsers["predict"].prog)
+    return run_command(_download_command, args, subparsers["download"].prog)
 
 
 if __name__ == "__main__":
