@@ -76,7 +76,7 @@ def main() -> None:
     save_small(draw_overlay(photo, label_map, id2label=config.id2label, alpha=0.55), OUTPUT / "inference_overlay.png")
     with torch.no_grad():
         outputs = model(**processor(photo, return_tensors="pt"))
-    grid = draw_mask_grid(photo, outputs, id2label=config.id2label, top_k=6, columns=3, tile_size=200)
+    grid = draw_mask_grid(photo, outputs, processor, id2label=config.id2label, top_k=6, columns=3, tile_size=200)
     save_small(grid, OUTPUT / "inference_masks.png")
     print(f"final loss {loss.item():.3f}; wrote the pictures to {OUTPUT}")
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from segvit_hf.console import ArgumentParser
 from segvit_hf.data import collate_segmentation
-from segvit_hf.metrics import StreamingMeanIoU, format_iou_table, results_to_json
+from segvit_hf.metrics import StreamingMeanIoU, format_iou_table, logits_to_label_maps, results_to_json
 from segvit_hf.optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
 
 # The model building and processor saving are shared with the Trainer script next to this file.
@@ -104,7 +104,9 @@ def evaluate(model, dataloader, accelerator, num_labels: int, ignore_index: int)
     metric = StreamingMeanIoU(num_labels, ignore_index, device=accelerator.device)
     with torch.no_grad():
         for batch in dataloader:
-            predictions = model(pixel_values=batch["pixel_values"]).logits.argmax(dim=1)
+            outputs = model(pixel_values=batch["pixel_values"])
+            patch_size = accelerator.unwrap_model(model).config.encoder_config.patch_size
+            predictions = logits_to_label_maps(outputs.to_tuple(), batch["labels"], patch_size)
             # Only label maps cross processes; gather_for_metrics drops the samples repeated to even out shards.
             predictions, references = accelerator.gather_for_metrics((predictions, batch["labels"]))
             metric.update(predictions, references)

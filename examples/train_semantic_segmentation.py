@@ -251,7 +251,7 @@ def build_trainer(
         eval_dataset=eval_dataset,
         data_collator=partial(collate_segmentation, ignore_index=config.ignore_index),
         compute_metrics=SemanticSegmentationMetrics(config.num_labels, config.ignore_index, config.id2label),
-        preprocess_logits_for_metrics=logits_to_label_maps,
+        preprocess_logits_for_metrics=partial(logits_to_label_maps, patch_size=config.encoder_config.patch_size),
         optimizers=(optimizer, scheduler),
         callbacks=[DatasetEpochCallback()],
     )

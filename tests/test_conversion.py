@@ -14,6 +14,7 @@ from official_reference import (
     official_shrunk_forward,
 )
 from segvit_hf import SegViTForSemanticSegmentation
+from segvit_testing import predict_scores
 from segvit_hf.conversion import CheckpointConversionError, convert_official_checkpoint, main
 
 TINY = dict(hidden_size=64, num_layers=4, num_heads=4, decoder_dim=32, decoder_num_heads=4, num_classes=7, crop=64)
@@ -44,8 +45,8 @@ def test_parity_with_the_official_semantics(out_indices):
     expected_pred, expected_loss = official_forward(
         state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=out_indices, labels=labels
     )
-    outputs = model(pixel_values, labels=labels)
-    torch.testing.assert_close(outputs.logits, expected_pred, atol=1e-4, rtol=0)
+    outputs, scores = predict_scores(model, pixel_values, labels=labels)
+    torch.testing.assert_close(scores, expected_pred, atol=1e-4, rtol=0)
     torch.testing.assert_close(outputs.loss, expected_loss, rtol=1e-4, atol=0)
 
 
@@ -60,8 +61,8 @@ def test_parity_in_float64_is_tight():
     expected_pred, expected_loss = official_forward(
         state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=[1, 2, 3], labels=labels
     )
-    outputs = model(pixel_values, labels=labels)
-    torch.testing.assert_close(outputs.logits, expected_pred, atol=1e-10, rtol=0)
+    outputs, scores = predict_scores(model, pixel_values, labels=labels)
+    torch.testing.assert_close(scores, expected_pred, atol=1e-10, rtol=0)
     torch.testing.assert_close(outputs.loss, expected_loss, atol=1e-10, rtol=1e-10)
 
 
@@ -75,7 +76,7 @@ def test_checkpoint_file_with_meta_and_loss_buffer_through_the_cli(tmp_path):
     model = SegViTForSemanticSegmentation.from_pretrained(tmp_path / "converted").eval()
     pixel_values = torch.randn(1, 3, 64, 64)
     expected_pred, _ = official_forward(state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=[1, 2, 3])
-    torch.testing.assert_close(model(pixel_values).logits, expected_pred, atol=1e-4, rtol=0)
+    torch.testing.assert_close(predict_scores(model, pixel_values)[1], expected_pred, atol=1e-4, rtol=0)
 
 
 def test_preset_supplies_architecture_and_labels():
@@ -160,8 +161,8 @@ def test_shrunk_parity_with_the_official_semantics():
     expected_pred, expected_loss = official_shrunk_forward(
         state_dict, pixel_values, num_heads=4, decoder_num_heads=4, out_indices=[1, 5], shrink_index=2, labels=labels
     )
-    outputs = model(pixel_values, labels=labels)
-    torch.testing.assert_close(outputs.logits, expected_pred, atol=1e-4, rtol=0)
+    outputs, scores = predict_scores(model, pixel_values, labels=labels)
+    torch.testing.assert_close(scores, expected_pred, atol=1e-4, rtol=0)
     torch.testing.assert_close(outputs.loss, expected_loss, rtol=1e-4, atol=0)
 
 

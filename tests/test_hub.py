@@ -95,7 +95,7 @@ REMOTE_CODE_CHECK = textwrap.dedent(
     image = Image.open(image_path)
     expected = torch.load(expected_path, weights_only=True)
     with torch.no_grad():
-        logits = model(**processor(images=image, return_tensors="pt")).logits
+        logits = model(**processor(images=image, return_tensors="pt")).masks_queries_logits
     segmenter = pipeline("image-segmentation", model=checkpoint, trust_remote_code=True)
     label_ids = {name: int(index) for index, name in model.config.id2label.items()}
     label_map = np.full((image.height, image.width), -1)
@@ -121,7 +121,7 @@ def test_checkpoint_with_code_loads_in_a_fresh_process_without_segvit_hf(tmp_pat
     with torch.no_grad():
         outputs = model(**inputs)
     label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[(48, 80)])[0]
-    torch.save({"logits": outputs.logits, "label_map": label_map}, tmp_path / "expected.pt")
+    torch.save({"logits": outputs.masks_queries_logits, "label_map": label_map}, tmp_path / "expected.pt")
     (tmp_path / "check.py").write_text(REMOTE_CODE_CHECK)
 
     environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
@@ -256,7 +256,7 @@ def test_push_to_hub_uploads_a_loadable_checkpoint_in_one_commit(tmp_path):
     reloaded = SegViTForSemanticSegmentation.from_pretrained(repo).eval()
     pixel_values = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(pixel_values).logits, model(pixel_values).logits)
+        torch.testing.assert_close(reloaded(pixel_values).masks_queries_logits, model(pixel_values).masks_queries_logits)
     assert SegViTImageProcessor.from_pretrained(repo).size == tiny_processor().size
 
     with pytest.raises(FileNotFoundError, match="config.json"):

@@ -16,12 +16,14 @@ from segvit_hf import (
     SegViTImageProcessorPil,
     image_processing_segvit,
 )
-from segvit_hf.image_processing_segvit import get_resize_output_size
-from segvit_hf.modeling_segvit import (
-    SegViTSemanticSegmenterOutput,
-    combine_class_and_mask_scores,
-    upsample_mask_logits,
+from segvit_hf.image_processing_segvit import (
+    get_resize_output_size,
+    resized_label_map,
+    resized_score_bands,
+    segmentation_label_maps,
+    segmentation_scores,
 )
+from segvit_hf.modeling_segvit import upsample_mask_logits
 
 
 def random_rgb(height, width, seed=0):
@@ -297,67 +299,87 @@ def test_bad_segmentation_maps_raise_value_errors(processor):
         processor(image, segmentation_maps=np.full((20, 30), 0.5))
 
 
-def test_post_process_equals_the_model_logits_at_the_input_size(processor, tiny_model):
-    batch = processor([random_rgb(32, 48, seed=1), random_rgb(32, 48, seed=2)], return_tensors="pt")
+def smooth_scores(num_labels, height, width, seed=0):
+    """Score maps with regions several pixels wide, like real predictions (so most pixels are inside a region)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, num_labels, height // 5 + 2, width // 5 + 2, generator=generator)
+    return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def assert_label_maps_equal_ties_aside(label_map, scores):
+    """`label_map` is `scores.argmax(0)` wherever the best class leads the second by more than rounding."""
+    best_two = scores.topk(2, dim=0).values
+    decided = best_two[0] - best_two[1] > 1e-5
+    assert decided.float().mean() > 0.99
+    assert torch.equal(label_map[decided], scores.argmax(0)[decided])
+
+
+@pytest.mark.parametrize(
+    "size, grid, cell", [((64, 64), (4, 4), (16, 16)), ((50, 70), (4, 5), (16, 16)), ((75, 100), (3, 4), (32, 32))]
+)
+def test_segmentation_scores_are_resize_sigmoid_and_class_mix(size, grid, cell, monkeypatch):
+    """The scores are computed band by band: exactly the resize -> sigmoid -> class mix of the definition."""
+    class_logits, mask_logits = torch.randn(2, 7, 8), 3 * torch.randn(2, 7, *grid)
+    masks = upsample_mask_logits(mask_logits, size, cell).sigmoid()
+    expected = torch.einsum("bnc,bnhw->bchw", class_logits.softmax(-1)[..., :-1], masks)
+    patch = 16
+    monkeypatch.setattr(image_processing_segvit, "MAX_BAND_ELEMENTS", 7 * 16 * 16 * grid[1])  # one grid row a band
+    torch.testing.assert_close(segmentation_scores(class_logits, mask_logits, size, patch), expected, atol=1e-6, rtol=0)
+    label_maps = segmentation_label_maps(class_logits, mask_logits, size, patch)
+    assert torch.equal(label_maps, segmentation_scores(class_logits, mask_logits, size, patch).argmax(1))
+
+
+@pytest.mark.parametrize(
+    "source, target", [((37, 53), (100, 70)), ((64, 90), (30, 200)), ((20, 31), (301, 451)), ((40, 40), (40, 40))]
+)
+@pytest.mark.parametrize("candidates", [8, 2])
+def test_resized_label_map_equals_the_full_computation(source, target, candidates, monkeypatch):
+    """The banded label map is the argmax of the whole resized score map, for up- and down-sampling, any aspect."""
+    monkeypatch.setattr(image_processing_segvit, "_CANDIDATES_PER_CELL", candidates)
+    monkeypatch.setattr(image_processing_segvit, "MAX_BAND_ELEMENTS", 7 * target[1] * 16)  # several bands
+    scores = smooth_scores(7, *source)
+    full = F.interpolate(scores[None], size=target, mode="bilinear", align_corners=False)[0]
+    assert_label_maps_equal_ties_aside(resized_label_map(scores, target), full)
+    banded = torch.cat([band for _, _, band in resized_score_bands(scores, target, max_band_elements=7 * target[1] * 5)], 1)
+    torch.testing.assert_close(banded, full, atol=1e-5, rtol=0)
+
+
+def test_post_process_follows_the_official_test_path(processor, tiny_model):
+    """Scores at the processed input size, bilinearly resized to the original size, then the argmax."""
+    image = random_rgb(45, 70, seed=1)  # processed to 64 x 100: not a multiple of the patch
+    inputs = processor(image, return_tensors="pt")
     with torch.no_grad():
-        outputs = tiny_model(**batch)
-    results = processor.post_process_semantic_segmentation(
-        outputs, target_sizes=[(64, 96), (64, 96)], return_segmentation_scores=True
-    )
-    for index, result in enumerate(results):
-        assert torch.equal(result.segmentation_scores, outputs.logits[index])
-        assert torch.equal(result.segmentation, outputs.logits[index].argmax(0))
-    default = processor.post_process_semantic_segmentation(outputs)
-    assert all(torch.equal(label_map, outputs.logits[i].argmax(0)) for i, label_map in enumerate(default))
+        outputs = tiny_model(**inputs)
+    scores = segmentation_scores(outputs.class_queries_logits, outputs.masks_queries_logits, (64, 100), 16)
+    result = processor.post_process_semantic_segmentation(outputs, [(45, 70)], return_segmentation_scores=True)[0]
+    expected = F.interpolate(scores, size=(45, 70), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(result.segmentation_scores, expected)
+    label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[(45, 70)])[0]
+    assert label_map.dtype == torch.int64 and label_map.shape == (45, 70)
+    assert_label_maps_equal_ties_aside(label_map, expected)
+    at_input = processor.post_process_semantic_segmentation(outputs, pixel_mask=inputs["pixel_mask"])[0]
+    assert torch.equal(at_input, scores[0].argmax(0))
 
 
-def test_post_process_mixed_sizes_crops_each_image(processor, tiny_model):
+def test_post_process_a_padded_batch_with_or_without_pixel_mask(processor, tiny_model):
     images = [random_rgb(30, 30, seed=1), random_rgb(50, 25, seed=2)]
     batch = processor(images, return_tensors="pt")  # (64, 64) and (128, 64) in a (128, 64) batch
     with torch.no_grad():
         outputs = tiny_model(**batch)
+        alone = [tiny_model(**processor(image, return_tensors="pt")) for image in images]
     cropped = processor.post_process_semantic_segmentation(
         outputs, pixel_mask=batch["pixel_mask"], return_segmentation_scores=True
     )
     assert cropped[0].segmentation.shape == (64, 64) and cropped[1].segmentation.shape == (128, 64)
-    assert torch.equal(cropped[0].segmentation_scores, outputs.logits[0, :, :64, :64])
-
-    original = processor.post_process_semantic_segmentation(
-        outputs, target_sizes=[(30, 30), (50, 25)], pixel_mask=batch["pixel_mask"]
-    )
-    assert [tuple(label_map.shape) for label_map in original] == [(30, 30), (50, 25)]
-    assert all(label_map.dtype == torch.int64 for label_map in original)
-
-
-def test_post_process_resizes_mask_logits_before_the_sigmoid(processor):
-    # Outputs as the model builds them for a (64, 90) input (not a multiple of the patch size: a 4 x 6 token grid),
-    # with confident masks so that the order of resizing and sigmoid matters.
-    class_logits, mask_logits = torch.randn(1, 5, 6), 6 * torch.randn(1, 5, 4, 6)
-    logits = combine_class_and_mask_scores(class_logits, upsample_mask_logits(mask_logits, (64, 90), (16, 16)))
-    outputs = SegViTSemanticSegmenterOutput(
-        logits=logits, class_queries_logits=class_logits, masks_queries_logits=mask_logits
-    )
-    target = (40, 56)
-    scores = processor.post_process_semantic_segmentation(
-        outputs, target_sizes=[target], return_segmentation_scores=True
-    )[0].segmentation_scores
-    assert scores.shape == (5, *target)
-
-    masks = upsample_mask_logits(mask_logits, (64, 90), (16, 16))
-    masks = F.interpolate(masks, size=target, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(scores, combine_class_and_mask_scores(class_logits, masks)[0])
-    resized_scores = F.interpolate(logits, size=target, mode="bilinear", align_corners=False)[0]
-    assert not torch.allclose(scores, resized_scores, atol=1e-3)
-
-
-def test_post_process_chunks_queries_without_changing_scores(processor, tiny_model, monkeypatch):
-    batch = processor(random_rgb(40, 56), return_tensors="pt")
-    with torch.no_grad():
-        outputs = tiny_model(**batch)
-    whole = processor.post_process_semantic_segmentation(outputs, [(37, 53)], return_segmentation_scores=True)
-    monkeypatch.setattr(image_processing_segvit, "_MAX_RESIZED_MASK_ELEMENTS", 2 * 37 * 53)
-    chunked = processor.post_process_semantic_segmentation(outputs, [(37, 53)], return_segmentation_scores=True)
-    torch.testing.assert_close(chunked[0].segmentation_scores, whole[0].segmentation_scores)
+    original_sizes = [(30, 30), (50, 25)]
+    with_mask = processor.post_process_semantic_segmentation(outputs, original_sizes, pixel_mask=batch["pixel_mask"])
+    # Without the mask, the original sizes say where each image lies in the padded input.
+    without_mask = processor.post_process_semantic_segmentation(outputs, target_sizes=original_sizes)
+    for index, (image_alone, size) in enumerate(zip(alone, original_sizes)):
+        expected = processor.post_process_semantic_segmentation(image_alone, target_sizes=[size])[0]
+        assert with_mask[index].shape == size
+        assert (with_mask[index] == expected).float().mean() > 0.99  # batching moves the logits by rounding only
+        assert torch.equal(without_mask[index], with_mask[index])
 
 
 def test_post_process_errors(processor, tiny_model):
@@ -368,10 +390,14 @@ def test_post_process_errors(processor, tiny_model):
         processor.post_process_semantic_segmentation(outputs, target_sizes=[(32, 32), (32, 32)])
     with pytest.raises(ValueError, match="positive"):
         processor.post_process_semantic_segmentation(outputs, target_sizes=[(0, 32)])
-    with pytest.raises(ValueError, match="pixel_mask"):
+    with pytest.raises(ValueError, match="`target_sizes`.*or the `pixel_mask`"):
+        processor.post_process_semantic_segmentation(outputs)
+    with pytest.raises(ValueError, match=r"`pixel_mask` give an input of \(32, 32\) pixels, which does not fit"):
         processor.post_process_semantic_segmentation(outputs, pixel_mask=torch.ones(1, 32, 32))
+    with pytest.raises(ValueError, match="`target_sizes`.*does not fit the model.s outputs"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(64, 200)])
     with pytest.raises(TypeError, match="class_queries_logits"):
-        processor.post_process_semantic_segmentation(outputs.logits)
+        processor.post_process_semantic_segmentation(outputs.masks_queries_logits)
 
 
 def test_torchvision_backend_matches_pil():

@@ -8,14 +8,15 @@ import torch
 from PIL import Image
 from test_modeling_segvit import SegViTModelTester
 
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor
+from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor, inference
+from segvit_hf.image_processing_segvit import segmentation_scores
 from segvit_hf.inference import TTA_SCALES, predict, slide_inference, sliding_window, whole_inference, window_boxes
 
 
 class PositionModel(torch.nn.Module):
     """
-    Stands in for a SegViT model whose scores are known: class 0 is the number of the forward pass (one window per
-    pass), class 1 the first input channel, class 2 its negative.
+    Stands in for a SegViT model whose scores are known (see the `known_scores` fixture): class 0 is the number of the
+    forward pass (one window per pass), class 1 the first input channel, class 2 its negative.
     """
 
     def __init__(self, image_size=64):
@@ -29,7 +30,13 @@ class PositionModel(torch.nn.Module):
         call_number = torch.full((batch, 1, height, width), float(self.calls))
         self.calls += 1
         channel = pixel_values[:, :1]
-        return SimpleNamespace(logits=torch.cat([call_number, channel, -channel], dim=1))
+        return torch.cat([call_number, channel, -channel], dim=1)
+
+
+@pytest.fixture
+def known_scores(monkeypatch):
+    """Whole-image scores of a `PositionModel` are its output, as the ATM scores are a SegViT's."""
+    monkeypatch.setattr(inference, "whole_inference", lambda model, pixel_values: model(pixel_values))
 
 
 def random_image(height, width, seed=0):
@@ -61,7 +68,7 @@ def test_window_boxes_cover_the_image_with_crop_sized_windows():
     assert window_boxes(30, 50, crop=(64, 64), stride=(42, 42)) == [(0, 30, 0, 50)]
 
 
-def test_slide_inference_averages_overlapping_windows():
+def test_slide_inference_averages_overlapping_windows(known_scores):
     model = PositionModel()
     pixel_values = torch.randn(2, 3, 100, 150)
     scores = slide_inference(model, pixel_values, crop_size=64, stride=40)
@@ -114,9 +121,17 @@ def test_whole_inference_resizes_the_model_scores_to_the_original_size(tiny_mode
     result = predict(tiny_model, processor, image, return_scores=True)
     inputs = processor(image, return_tensors="pt")
     with torch.no_grad():
-        logits = tiny_model(**inputs).logits
-    expected = torch.nn.functional.interpolate(logits, size=(45, 70), mode="bilinear", align_corners=False)[0]
+        outputs = tiny_model(**inputs)
+    scores = segmentation_scores(outputs.class_queries_logits, outputs.masks_queries_logits, (64, 100), 16)
+    expected = torch.nn.functional.interpolate(scores, size=(45, 70), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(result.segmentation_scores, expected)
+    # Without the scores, the label map is computed band by band, and is the same.
+    label_map = predict(tiny_model, processor, image)
+    best_two = expected.topk(2, dim=0).values
+    decided = best_two[0] - best_two[1] > 1e-5
+    assert torch.equal(label_map[decided], expected.argmax(0)[decided])
+    # The processor's post-processing follows the same official path.
+    assert torch.equal(processor.post_process_semantic_segmentation(outputs, [(45, 70)])[0], label_map)
 
 
 def test_multi_scale_flip_averages_softmax_scores(tiny_model, processor):
@@ -126,9 +141,11 @@ def test_multi_scale_flip_averages_softmax_scores(tiny_model, processor):
     assert torch.equal(result.segmentation, result.segmentation_scores.argmax(dim=0))
     slide = predict(tiny_model, processor, random_image(45, 70), mode="slide", scales=(0.5, 1.5), flip=True)
     assert slide.shape == (45, 70)
+    # Label maps alone (no scores kept) are the same.
+    assert torch.equal(predict(tiny_model, processor, random_image(45, 70), scales=TTA_SCALES, flip=True), result.segmentation)
 
 
-def test_flipped_scores_are_flipped_back(processor):
+def test_flipped_scores_are_flipped_back(processor, known_scores):
     # The stand-in's classes 1 and 2 follow the pixels, so undoing the flip must give the unflipped scores.
     model = PositionModel()
     image = random_image(40, 60)

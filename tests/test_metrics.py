@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from segvit_hf.image_processing_segvit import segmentation_scores
 from transformers import EvalPrediction
 
 from segvit_hf.metrics import (
@@ -126,8 +128,10 @@ def test_bad_inputs_raise():
         metric.update(np.array([[0, 1]]), np.array([[0, 7]]))
     with pytest.raises(ValueError, match="outside"):
         metric.update(np.array([[0, 5]]), np.array([[0, 1]]))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="same, non-empty shape"):
         metric.update(np.zeros((2, 3), int), np.zeros((3, 2), int))
+    with pytest.raises(ValueError, match="same, non-empty shape"):
+        metric.update(torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
         metric.update(np.zeros((2, 2)), np.zeros((2, 2), int))
     with pytest.raises(ValueError, match="ignore_index"):
@@ -156,15 +160,33 @@ def test_trainer_compute_metrics_in_batch_mode_matches_one_shot():
 
 
 def test_logits_to_label_maps_reduces_what_the_trainer_keeps():
-    logits = torch.randn(2, 5, 8, 8)
-    label_maps = logits_to_label_maps((logits, torch.randn(2, 5, 6)), torch.zeros(2, 8, 8))
-    assert label_maps.shape == (2, 8, 8) and label_maps.dtype == torch.int32
-    assert torch.equal(label_maps.long(), logits.argmax(1))
-    # Labels padded across processes no longer match the scores: refused rather than silently resized.
+    class_logits, mask_logits = torch.randn(2, 5, 6), 3 * torch.randn(2, 5, 4, 3)
+    auxiliary = [{"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}]
+    label_maps = logits_to_label_maps((class_logits, mask_logits, auxiliary), torch.zeros(2, 64, 48))
+    assert label_maps.shape == (2, 64, 48) and label_maps.dtype == torch.int32
+    expected = segmentation_scores(class_logits, mask_logits, (64, 48), 16).argmax(1)
+    assert torch.equal(label_maps.long(), expected)
+    # Labels padded across processes no longer match the masks: refused rather than silently resized.
     with pytest.raises(ValueError, match="fixed size"):
-        logits_to_label_maps(logits, torch.zeros(2, 16, 8))
-    with pytest.raises(ValueError, match="num_labels, height, width"):
-        logits_to_label_maps(torch.randn(2, 5))
+        logits_to_label_maps((class_logits, mask_logits), torch.zeros(2, 96, 48))
+    with pytest.raises(ValueError, match="class_queries_logits"):
+        logits_to_label_maps(torch.randn(2, 5, 8, 8), torch.zeros(2, 8, 8))
+
+
+@pytest.mark.parametrize("reduce_labels", [False, True])
+def test_update_counts_pairs_at_labelled_pixels_only(reduce_labels):
+    """Ignore index and the Trainer's -100 padding are skipped, with or without label reduction."""
+    rng = np.random.default_rng(0)
+    predictions = rng.integers(0, 4, (3, 16, 16))
+    raw_ids = [1, 2, 3, 4, 0] if reduce_labels else [0, 1, 2, 3]
+    references = rng.choice([*raw_ids, 255, -100], (3, 16, 16))
+    metric = StreamingMeanIoU(4, reduce_labels=reduce_labels)
+    metric.update(predictions, references)
+    shifted = references - 1 if reduce_labels else references
+    labelled = (references != 255) & (references != -100) & ((references != 0) | (not reduce_labels))
+    expected = np.zeros((4, 4), np.int64)
+    np.add.at(expected, (shifted[labelled], predictions[labelled]), 1)
+    np.testing.assert_array_equal(metric.confusion_matrix.numpy(), expected)
 
 
 def test_evaluate_module_loads_offline_and_matches():

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
 from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTModel
+from segvit_testing import predict_scores, scores_of
 
 
 class SegViTModelTester:
@@ -105,7 +106,7 @@ def test_segmentation_output_shapes(tester, height, width):
     pixel_values, labels = tester.prepare_inputs(height, width)
     outputs = model(pixel_values, labels=labels)
     grid = (height // 16, width // 16)
-    assert outputs.logits.shape == (2, tester.num_labels, height, width)
+    assert "logits" not in outputs  # nothing at full resolution unless asked for
     assert outputs.class_queries_logits.shape == (2, tester.num_labels, tester.num_labels + 1)
     assert outputs.masks_queries_logits.shape == (2, tester.num_labels, *grid)
     assert len(outputs.auxiliary_logits) == len(tester.out_indices) - 1
@@ -113,15 +114,17 @@ def test_segmentation_output_shapes(tester, height, width):
         assert auxiliary["masks_queries_logits"].shape == (2, tester.num_labels, *grid)
     assert outputs.loss.ndim == 0 and torch.isfinite(outputs.loss)
     # Each query spreads at most its sigmoid mask over the classes: scores are >= 0 and sum to at most num_labels.
-    assert outputs.logits.min() >= 0 and outputs.logits.sum(1).max() <= tester.num_labels
+    scores = scores_of(model, outputs, (height, width))
+    assert scores.shape == (2, tester.num_labels, height, width)
+    assert scores.min() >= 0 and scores.sum(1).max() <= tester.num_labels
 
 
 def test_input_size_not_multiple_of_patch(tester):
     """The encoder pads bottom/right to whole patches; the output is cropped back to the input size."""
     model = SegViTForSemanticSegmentation(tester.get_config()).eval()
     pixel_values = torch.randn(1, 3, 50, 70)
-    outputs = model(pixel_values)
-    assert outputs.logits.shape == (1, tester.num_labels, 50, 70)
+    outputs, scores = predict_scores(model, pixel_values)
+    assert scores.shape == (1, tester.num_labels, 50, 70)
     assert outputs.masks_queries_logits.shape[-2:] == (4, 5)
     # The padding is zeros appended to the image: an explicitly zero-padded input gives the same top-left region.
     padded = torch.nn.functional.pad(pixel_values, (0, 10, 0, 14))
@@ -143,18 +146,18 @@ def test_position_embeddings_follow_the_input_grid(tester):
 def test_batch_independence(tester):
     model = SegViTForSemanticSegmentation(tester.get_config()).eval()
     pixel_values, _ = tester.prepare_inputs(batch_size=3)
-    batched = model(pixel_values).logits
+    batched = model(pixel_values).masks_queries_logits
     for i in range(3):
-        single = model(pixel_values[i : i + 1]).logits
+        single = model(pixel_values[i : i + 1]).masks_queries_logits
         torch.testing.assert_close(batched[i : i + 1], single, atol=1e-5, rtol=1e-5)
 
 
 def test_eval_is_deterministic_and_train_is_stochastic(tester):
     model = SegViTForSemanticSegmentation(tester.get_config(drop_path_rate=0.5)).eval()
     pixel_values, _ = tester.prepare_inputs()
-    torch.testing.assert_close(model(pixel_values).logits, model(pixel_values).logits)
+    torch.testing.assert_close(model(pixel_values).masks_queries_logits, model(pixel_values).masks_queries_logits)
     model.train()
-    assert not torch.allclose(model(pixel_values).logits, model(pixel_values).logits)
+    assert not torch.allclose(model(pixel_values).masks_queries_logits, model(pixel_values).masks_queries_logits)
 
 
 def test_save_and_load_round_trip(tester, tmp_path):
@@ -169,7 +172,8 @@ def test_save_and_load_round_trip(tester, tmp_path):
         assert isinstance(reloaded, SegViTForSemanticSegmentation)
         assert reloaded.config.encoder_config.layer_norm_eps == 1e-6
         outputs = reloaded(pixel_values, labels=labels)
-        torch.testing.assert_close(outputs.logits, expected.logits, atol=0, rtol=0)
+        torch.testing.assert_close(outputs.class_queries_logits, expected.class_queries_logits, atol=0, rtol=0)
+        torch.testing.assert_close(outputs.masks_queries_logits, expected.masks_queries_logits, atol=0, rtol=0)
         torch.testing.assert_close(outputs.loss, expected.loss, atol=0, rtol=0)
 
 
@@ -242,7 +246,9 @@ def test_sdpa_and_eager_attention_agree(tester, tmp_path):
     eager = SegViTForSemanticSegmentation.from_pretrained(tmp_path, attn_implementation="eager").eval()
     assert eager.config.encoder_config._attn_implementation == "eager"
     pixel_values, _ = tester.prepare_inputs()
-    torch.testing.assert_close(model(pixel_values).logits, eager(pixel_values).logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        model(pixel_values).masks_queries_logits, eager(pixel_values).masks_queries_logits, atol=1e-5, rtol=1e-4
+    )
 
 
 def test_hidden_states_and_attentions_on_request(tester, tmp_path):
@@ -282,7 +288,8 @@ def test_return_tuple(tester):
     as_tuple = model(pixel_values, labels=labels, return_dict=False)
     as_output = model(pixel_values, labels=labels)
     torch.testing.assert_close(as_tuple[0], as_output.loss)
-    torch.testing.assert_close(as_tuple[1], as_output.logits)
+    torch.testing.assert_close(as_tuple[1], as_output.class_queries_logits)
+    torch.testing.assert_close(as_tuple[2], as_output.masks_queries_logits)
 
 
 # ----- bad input -----------------------------------------------------------------------------------------------
@@ -337,14 +344,3 @@ def test_float_labels(model, tester):
     pixel_values, labels = tester.prepare_inputs()
     with pytest.raises(TypeError, match="integer class ids"):
         model(pixel_values, labels=labels.float())
-
-
-@pytest.mark.parametrize("size,grid,cell", [((64, 64), (4, 4), (16, 16)), ((50, 70), (4, 5), (16, 16)), ((75, 100), (3, 4), (32, 32))])
-def test_banded_scores_equal_resize_sigmoid_and_combine(size, grid, cell):
-    """The model computes its scores band by band: exactly the resize -> sigmoid -> class mix of the definition."""
-    from segvit_hf.modeling_segvit import combine_class_and_mask_scores, semantic_scores, upsample_mask_logits
-
-    class_logits = torch.randn(2, 7, 8)
-    mask_logits = 3 * torch.randn(2, 7, *grid)
-    expected = combine_class_and_mask_scores(class_logits, upsample_mask_logits(mask_logits, size, cell))
-    torch.testing.assert_close(semantic_scores(class_logits, mask_logits, size, cell), expected, atol=0, rtol=0)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTModel
+from segvit_testing import scores_of
 from segvit_hf.modeling_segvit import downsample_token_grid
 from test_modeling_segvit import SegViTModelTester
 
@@ -58,7 +59,7 @@ def test_output_shapes_square_non_square_and_odd_grids(tester, variant, height, 
     outputs = model(pixel_values, labels=labels)
     full = (height // 16, width // 16)
     half = (-(-full[0] // 2), -(-full[1] // 2))
-    assert outputs.logits.shape == (2, tester.num_labels, height, width)
+    assert scores_of(model, outputs, (height, width)).shape == (2, tester.num_labels, height, width)
     if variant is SHRUNK:
         # QU brings the masks back to the 1/16 grid; each of the 3 ATM layers is supervised.
         assert outputs.masks_queries_logits.shape[-2:] == full
@@ -99,7 +100,8 @@ def test_shrunk_round_trip(tester, tmp_path):
     reloaded = SegViTForSemanticSegmentation.from_pretrained(tmp_path).eval()
     assert reloaded.config.shrink_index == 2 and reloaded.config.query_upsampling
     outputs = reloaded(pixel_values, labels=labels)
-    torch.testing.assert_close(outputs.logits, expected.logits, atol=0, rtol=0)
+    torch.testing.assert_close(outputs.masks_queries_logits, expected.masks_queries_logits, atol=0, rtol=0)
+    torch.testing.assert_close(outputs.class_queries_logits, expected.class_queries_logits, atol=0, rtol=0)
     torch.testing.assert_close(outputs.loss, expected.loss, atol=0, rtol=0)
 
 
@@ -138,7 +140,8 @@ def test_single_stage_per_layer_outputs_as_the_official_single_head(tester):
     pixel_values, labels = tester.prepare_inputs()
     single, layered = cascade(pixel_values, labels=labels), per_layer(pixel_values, labels=labels)
     assert single.auxiliary_logits == [] and len(layered.auxiliary_logits) == 2
-    torch.testing.assert_close(layered.logits, single.logits)
+    torch.testing.assert_close(layered.class_queries_logits, single.class_queries_logits)
+    torch.testing.assert_close(layered.masks_queries_logits, single.masks_queries_logits)
     assert layered.loss > single.loss  # two more supervised outputs
     with pytest.raises(ValueError, match="single ATM stage"):
         tester.get_config(out_indices=[3, 5], per_layer_outputs=True)

@@ -105,7 +105,7 @@ def test_decoder_is_freshly_initialised_and_the_model_runs(tmp_path):
     assert 0.5 < model.decode_head.class_queries.weight.std().item() < 1.5
     assert torch.count_nonzero(model.decode_head.class_head.bias) == 0
     outputs = model(torch.randn(1, 3, 40, 56))
-    assert outputs.logits.shape == (1, 5, 40, 56)
+    assert outputs.masks_queries_logits.shape == (1, 5, 5, 7) and torch.isfinite(outputs.masks_queries_logits).all()
 
 
 def test_position_embeddings_are_resized_bicubically_without_the_cls_slot(tmp_path):

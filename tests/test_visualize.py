@@ -85,7 +85,7 @@ def test_mask_grid_shows_the_top_k_classes(tmp_path):
     with torch.no_grad():
         outputs = model(**processor(image, return_tensors="pt"))
 
-    grid = draw_mask_grid(image, outputs, id2label=model.config.id2label, top_k=3, columns=2, tile_size=64)
+    grid = draw_mask_grid(image, outputs, processor, id2label=model.config.id2label, top_k=3, columns=2, tile_size=64)
     # 2 columns x 2 rows of 64 x 43 tiles, each under a caption.
     assert grid.mode == "RGB"
     assert grid.width == 2 * (64 + 4) + 4
@@ -93,10 +93,10 @@ def test_mask_grid_shows_the_top_k_classes(tmp_path):
     grid.save(tmp_path / "masks.png")
     assert Image.open(tmp_path / "masks.png").size == grid.size
 
-    all_classes = draw_mask_grid(image, outputs, top_k=50, columns=5, tile_size=32)
+    all_classes = draw_mask_grid(image, outputs, processor, top_k=50, columns=5, tile_size=32)
     assert all_classes.width == 5 * (32 + 4) + 4  # 5 classes: one row
     with pytest.raises(ValueError, match="top_k"):
-        draw_mask_grid(image, outputs, top_k=0)
+        draw_mask_grid(image, outputs, processor, top_k=0)
 
 
 def test_overlay_of_a_ground_truth_map_draws_ignored_pixels_black():

@@ -18,6 +18,7 @@ from .image_processing_segvit import IMAGE_PROCESSOR_CLASSES, SegViTImageProcess
 from .presets import PRESETS, SegViTPreset, get_preset
 from .metrics import SemanticSegmentationMetrics, StreamingMeanIoU
 from .optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
+from .pipeline import SegViTImageSegmentationPipeline, register_pipeline
 
 AutoConfig.register(SegViTConfig.model_type, SegViTConfig, exist_ok=True)
 AutoModel.register(SegViTConfig, SegViTModel, exist_ok=True)
@@ -25,6 +26,7 @@ AutoModelForSemanticSegmentation.register(SegViTConfig, SegViTForSemanticSegment
 AutoImageProcessor.register(SegViTConfig, image_processor_classes=IMAGE_PROCESSOR_CLASSES, exist_ok=True)
 # transformers' image-segmentation pipeline checks model class names against this table, not the Auto registry.
 MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(SegViTConfig.model_type, SegViTForSemanticSegmentation.__name__)
+register_pipeline()
 
 __version__ = "0.1.0"
 
@@ -34,6 +36,7 @@ __all__ = [
     "SegViTForSemanticSegmentation",
     "SegViTImageProcessor",
     "SegViTImageProcessorPil",
+    "SegViTImageSegmentationPipeline",
     "SegViTModel",
     "SegViTModelOutput",
     "SegViTPreTrainedModel",

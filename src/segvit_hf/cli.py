@@ -229,9 +229,7 @@ def _predict_command(args: argparse.Namespace) -> int:
             inputs = processor(images=image, return_tensors="pt").to(args.device)
             with torch.inference_mode():
                 outputs = model(pixel_values=inputs["pixel_values"].to(model.dtype))
-            grid = draw_mask_grid(
-                image, outputs, id2label=id2label, top_k=args.top_k, patch_size=processor.patch_size
-            )
+            grid = draw_mask_grid(image, outputs, processor, id2label=id2label, top_k=args.top_k)
             grid.save(args.out / f"{path.stem}_masks.png")
     return 0
 

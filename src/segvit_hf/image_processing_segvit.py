@@ -8,6 +8,7 @@ class, so `SegViTImageProcessor()` always works.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, is_torchvision_available, logging
 
-from .modeling_segvit import combine_class_and_mask_scores, mask_cell_size, upsample_mask_logits
+from .modeling_segvit import mask_cell_size
 from .presets import get_preset
 
 logger = logging.get_logger(__name__)
@@ -40,8 +41,9 @@ logger = logging.get_logger(__name__)
 # no bound on the long side.
 _TEST_SCALE_BY_DATASET = {"ade20k": (2048, None), "cocostuff": (2048, None), "pascal-context": (None, 520)}
 
-# Upper bound on the elements of the per-query mask tensor resized to a target size in one go (`post_process_*`).
-_MAX_RESIZED_MASK_ELEMENTS = 2**26
+# Upper bound on the elements of one band of full-resolution masks or scores: post-processing works band by band of
+# rows so that no `(labels, height, width)` tensor at a photo's size ever exists.
+MAX_BAND_ELEMENTS = 2**22
 
 _VALID_CHANNEL_COUNTS = (1, 3, 4)
 
@@ -265,8 +267,8 @@ def _valid_sizes_from_pixel_mask(
     pixel_mask = torch.as_tensor(pixel_mask)
     if tuple(pixel_mask.shape) != (batch_size, *input_size):
         raise ValueError(
-            f"`pixel_mask` must have shape (batch_size, height, width) = {(batch_size, *input_size)} like the model's "
-            f"logits, got {tuple(pixel_mask.shape)}."
+            f"`pixel_mask` must have shape (batch_size, height, width) = {(batch_size, *input_size)}, one mask per "
+            f"image of the batch, got {tuple(pixel_mask.shape)}."
         )
     pixel_mask = pixel_mask.bool()
     sizes = []
@@ -297,43 +299,242 @@ def _as_target_sizes(target_sizes: Any, batch_size: int) -> list[tuple[int, int]
     return sizes
 
 
-def class_scores_at_size(
+def _mask_bands(masks_queries_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]):
+    """
+    Yields `(top, bottom, masks)` for consecutive bands of rows of the sigmoid masks at `size`, `masks` being
+    `(batch, queries, bottom - top, size[1])`. Each band of grid rows is resized together with one neighbouring grid row
+    on either side, which gives its pixels exactly the bilinear weights of the whole-map resize.
+    """
+    _, num_queries, grid_h, grid_w = masks_queries_logits.shape
+    cell_h, cell_w = cell_size
+    masks_queries_logits = masks_queries_logits.to(torch.promote_types(masks_queries_logits.dtype, torch.float32))
+    cells_per_band = max(1, MAX_BAND_ELEMENTS // (num_queries * cell_h * grid_w * cell_w))
+    for first in range(0, grid_h, cells_per_band):
+        top = first * cell_h
+        if top >= size[0]:
+            break
+        last = min(first + cells_per_band, grid_h)
+        context_first, context_last = max(first - 1, 0), min(last + 1, grid_h)
+        band = F.interpolate(
+            masks_queries_logits[:, :, context_first:context_last],
+            size=((context_last - context_first) * cell_h, grid_w * cell_w),
+            mode="bilinear",
+            align_corners=False,
+        )
+        bottom = min(last * cell_h, size[0])
+        offset = (first - context_first) * cell_h
+        yield top, bottom, band[:, :, offset : offset + bottom - top, : size[1]].sigmoid()
+
+
+def _class_probabilities(class_queries_logits: torch.Tensor) -> torch.Tensor:
+    """`(batch, queries, labels)`: each query's softmax over the labels and "no object", the latter dropped."""
+    dtype = torch.promote_types(class_queries_logits.dtype, torch.float32)
+    return class_queries_logits.to(dtype).softmax(dim=-1)[..., :-1]
+
+
+def segmentation_scores(
     class_queries_logits: torch.Tensor,
     masks_queries_logits: torch.Tensor,
     input_size: tuple[int, int],
-    cell_size: tuple[int, int],
-    valid_size: tuple[int, int],
-    target_size: tuple[int, int],
+    patch_size: int | tuple[int, int] = 16,
 ) -> torch.Tensor:
     """
-    ATM scores of one image at `target_size`, computed from its logits: the mask logits are placed on the input pixels
-    (`upsample_mask_logits`), cropped to the image's valid region, bilinearly resized to `target_size`, and only then
-    passed through the sigmoid and combined with the class probabilities.
+    The official SegViT prediction at the model input's resolution (the official model's `pred`): the grid mask
+    logits are bilinearly resized to the pixels they cover, cropped to `input_size`, passed through the sigmoid and
+    combined with the class probabilities, `scores[c] = sum_n softmax(class_queries_logits)[n, c] * sigmoid(mask_n)`
+    ("no object" dropped). The scores are non-negative but not probabilities: a score can exceed 1.
+
+    This holds `(batch, labels, height, width)` floats: 157 MB per 512x512 image with 150 labels. For label maps,
+    [`SegViTImageProcessor.post_process_semantic_segmentation`] gives the same argmax without it.
 
     Args:
-        class_queries_logits: `(num_queries, num_labels + 1)`.
-        masks_queries_logits: `(num_queries, grid_h, grid_w)`.
-        input_size: `(H, W)` of the (padded) model input.
-        cell_size: pixels per mask-grid cell.
-        valid_size: `(h, w)` of the image inside the input (top-left).
-        target_size: `(height, width)` of the scores.
+        class_queries_logits: `(batch, num_queries, num_labels + 1)`, as the model returns it.
+        masks_queries_logits: `(batch, num_queries, grid_h, grid_w)`, as the model returns it.
+        input_size: `(height, width)` of the `pixel_values` the model saw.
+        patch_size: the encoder's patch size.
     Returns:
-        `(num_labels, height, width)` scores, fp32 at least.
+        `(batch, num_labels, height, width)` scores, in fp32 at least.
     """
-    num_queries = masks_queries_logits.shape[0]
-    dtype = torch.promote_types(masks_queries_logits.dtype, torch.float32)
-    num_labels = class_queries_logits.shape[-1] - 1
-    scores = masks_queries_logits.new_zeros((1, num_labels, *target_size), dtype=dtype)
-    # Resizing every query's mask at once can take gigabytes for large images: go through the queries in chunks
-    # (each query's mask is resized independently, and the scores are a sum over queries).
-    chunk = max(1, min(num_queries, _MAX_RESIZED_MASK_ELEMENTS // (target_size[0] * target_size[1])))
-    for start in range(0, num_queries, chunk):
-        masks = masks_queries_logits[None, start : start + chunk].to(dtype)
-        masks = upsample_mask_logits(masks, input_size, cell_size)[..., : valid_size[0], : valid_size[1]]
-        if tuple(valid_size) != tuple(target_size):
-            masks = F.interpolate(masks, size=target_size, mode="bilinear", align_corners=False)
-        scores += combine_class_and_mask_scores(class_queries_logits[None, start : start + chunk].to(dtype), masks)
-    return scores[0]
+    patch = patch_size if isinstance(patch_size, (tuple, list)) else (patch_size, patch_size)
+    input_size = (int(input_size[0]), int(input_size[1]))
+    cell_size = mask_cell_size(masks_queries_logits.shape[-2:], input_size, patch)
+    return _scores_in_region(class_queries_logits, masks_queries_logits, input_size, cell_size)
+
+
+def _scores_in_region(class_queries_logits, masks_queries_logits, size, cell_size) -> torch.Tensor:
+    """The ATM scores of the top-left `size` pixels of the input, the mask grid placed with `cell_size`."""
+    class_probabilities = _class_probabilities(class_queries_logits).transpose(1, 2)
+    batch_size, num_labels = class_probabilities.shape[:2]
+    scores = masks_queries_logits.new_empty((batch_size, num_labels, *size), dtype=class_probabilities.dtype)
+    for top, bottom, masks in _mask_bands(masks_queries_logits, size, cell_size):
+        scores[:, :, top:bottom] = torch.matmul(class_probabilities, masks.flatten(2)).unflatten(-1, masks.shape[-2:])
+    return scores
+
+
+def segmentation_label_maps(
+    class_queries_logits: torch.Tensor,
+    masks_queries_logits: torch.Tensor,
+    input_size: tuple[int, int],
+    patch_size: int | tuple[int, int] = 16,
+) -> torch.Tensor:
+    """
+    `segmentation_scores(...).argmax(1)`, the `(batch, height, width)` int64 label maps at the model input's size,
+    computed band by band without the full-resolution scores.
+    """
+    patch = patch_size if isinstance(patch_size, (tuple, list)) else (patch_size, patch_size)
+    input_size = (int(input_size[0]), int(input_size[1]))
+    cell_size = mask_cell_size(masks_queries_logits.shape[-2:], input_size, patch)
+    return _label_maps_in_region(class_queries_logits, masks_queries_logits, input_size, cell_size)
+
+
+def _label_maps_in_region(class_queries_logits, masks_queries_logits, size, cell_size) -> torch.Tensor:
+    class_probabilities = _class_probabilities(class_queries_logits)
+    label_maps = masks_queries_logits.new_empty((masks_queries_logits.shape[0], *size), dtype=torch.int64)
+    for top, bottom, masks in _mask_bands(masks_queries_logits, size, cell_size):
+        # Pixels first: the argmax then runs along contiguous memory, several times faster than across labels.
+        scores = torch.matmul(masks.flatten(2).transpose(1, 2), class_probabilities)
+        label_maps[:, top:bottom] = scores.argmax(dim=-1).unflatten(-1, masks.shape[-2:])
+    return label_maps
+
+
+def _bilinear_sources(source_length: int, target_length: int, device: torch.device):
+    """
+    For each target index of a bilinear resize (align_corners=False, as `F.interpolate`): the two source indices and
+    their weights, computed in fp32 as PyTorch does.
+    """
+    scale = torch.tensor(source_length / target_length, dtype=torch.float32)
+    position = ((torch.arange(target_length, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    low = position.floor().long().clamp(max=source_length - 1)
+    high = torch.where(low < source_length - 1, low + 1, low)
+    high_weight = position - low
+    return low.to(device), high.to(device), (1 - high_weight).to(device), high_weight.to(device)
+
+
+def resized_score_bands(scores: torch.Tensor, size: tuple[int, int], max_band_elements: int = MAX_BAND_ELEMENTS):
+    """
+    Yields `(top, bottom, band)`: `scores` `(labels, h, w)` bilinearly resized to `size` (align_corners=False, as
+    `F.interpolate`), one band of rows at a time, `band` being `(labels, bottom - top, size[1])`. The whole resized
+    map never exists.
+    """
+    num_labels, height, width = scores.shape
+    rows_low, rows_high, rows_low_weight, rows_high_weight = _bilinear_sources(height, size[0], scores.device)
+    rows_per_band = max(1, max_band_elements // (num_labels * size[1]))
+    for top in range(0, size[0], rows_per_band):
+        bottom = min(top + rows_per_band, size[0])
+        first, last = int(rows_low[top]), int(rows_high[bottom - 1]) + 1
+        # Resizing only the width keeps every source row exactly; the rows are then mixed with the weights above.
+        source = scores[None, :, first:last]
+        if width != size[1]:
+            source = F.interpolate(source, size=(last - first, size[1]), mode="bilinear", align_corners=False)
+        source = source[0]
+        low_weight = rows_low_weight[top:bottom, None]
+        high_weight = rows_high_weight[top:bottom, None]
+        band = low_weight * source[:, rows_low[top:bottom] - first] + high_weight * source[:, rows_high[top:bottom] - first]
+        yield top, bottom, band
+
+
+# Classes kept per source cell where neighbouring pixels disagree (see `resized_label_map`).
+_CANDIDATES_PER_CELL = 8
+
+
+class _BoundaryCells:
+    """
+    The source cells (a pixel and its right, lower and lower-right neighbours) whose four pixels disagree on their
+    class, with the few classes that can win anywhere inside each. Inside a cell, a resized score is a convex
+    combination of the four corner scores, so it lies between their minimum and maximum: a class whose maximum is
+    below the largest minimum of any class cannot be the argmax. The candidates are the `_CANDIDATES_PER_CELL`
+    classes of largest maximum; a cell where more classes could still win is marked and interpolated over all.
+    """
+
+    def __init__(self, scores: torch.Tensor, labels: torch.Tensor):
+        num_labels, height, width = scores.shape
+        below = torch.cat([labels[1:], labels[-1:]])
+        right = torch.cat([labels[:, 1:], labels[:, -1:]], dim=1)
+        below_right = torch.cat([below[:, 1:], below[:, -1:]], dim=1)
+        disagree = (labels != below) | (labels != right) | (labels != below_right)
+        cells = disagree.flatten().nonzero().squeeze(1)
+        rows, cols = cells // width, cells % width
+        rows_below, cols_right = (rows + 1).clamp(max=height - 1), (cols + 1).clamp(max=width - 1)
+        flat_scores = scores.reshape(num_labels, -1)
+        corners = torch.stack(
+            [
+                flat_scores[:, rows * width + cols],
+                flat_scores[:, rows * width + cols_right],
+                flat_scores[:, rows_below * width + cols],
+                flat_scores[:, rows_below * width + cols_right],
+            ]
+        )  # (4, labels, cells)
+        lowest_possible = corners.amin(dim=0).amax(dim=0)
+        kept = min(_CANDIDATES_PER_CELL, num_labels)
+        highest, candidates = corners.amax(dim=0).topk(min(kept + 1, num_labels), dim=0)
+        if kept < num_labels:
+            self.complete = highest[kept] < lowest_possible
+        else:
+            self.complete = torch.ones_like(lowest_possible, dtype=torch.bool)
+        self.candidates = candidates[:kept].T  # (cells, kept)
+        self.corner_scores = corners.gather(1, candidates[:kept].expand(4, -1, -1)).permute(2, 0, 1)  # (cells, 4, kept)
+        self.slot = torch.full((height * width,), -1, dtype=torch.int64, device=scores.device)
+        self.slot[cells] = torch.arange(cells.numel(), device=scores.device)
+
+
+def _bilinear_mix(corners, row_weights, col_weights) -> torch.Tensor:
+    """`(pixels, 4, k)` corner values (top-left, top-right, bottom-left, bottom-right) mixed as `F.interpolate` does."""
+    row_low, row_high = row_weights[0][:, None], row_weights[1][:, None]
+    col_low, col_high = col_weights[0][:, None], col_weights[1][:, None]
+    return row_low * (col_low * corners[:, 0] + col_high * corners[:, 1]) + row_high * (
+        col_low * corners[:, 2] + col_high * corners[:, 3]
+    )
+
+
+def resized_label_map(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """
+    `F.interpolate(scores[None], size, mode="bilinear").argmax(1)[0]` for `(labels, h, w)` scores, at any `size`
+    without the `(labels, *size)` resized scores (ties between classes aside). A target pixel whose four source pixels
+    share their argmax takes it (a convex combination of score vectors that agree on their largest entry keeps it);
+    the others, near boundaries between classes, are interpolated over the few classes that can win there.
+
+    Returns:
+        `(size[0], size[1])` int64 class ids.
+    """
+    num_labels, height, width = scores.shape
+    source_labels = scores.argmax(dim=0)
+    if (height, width) == tuple(size):
+        return source_labels
+    boundary = _BoundaryCells(scores, source_labels)
+    rows_low, rows_high, rows_low_weight, rows_high_weight = _bilinear_sources(height, size[0], scores.device)
+    cols_low, cols_high, cols_low_weight, cols_high_weight = _bilinear_sources(width, size[1], scores.device)
+    label_map = torch.empty(size, dtype=torch.int64, device=scores.device)
+    flat_scores = scores.reshape(num_labels, -1)
+    rows_per_band = max(1, MAX_BAND_ELEMENTS // size[1])
+    for top in range(0, size[0], rows_per_band):
+        bottom = min(top + rows_per_band, size[0])
+        band_rows_low = rows_low[top:bottom]
+        band = source_labels[band_rows_low][:, cols_low]
+        slots = boundary.slot[(band_rows_low[:, None] * width + cols_low).flatten()].view(band.shape)
+        rows, cols = (slots >= 0).nonzero(as_tuple=True)
+        if not rows.numel():
+            label_map[top:bottom] = band
+            continue
+        slots = slots[rows, cols]
+        row_weights = (rows_low_weight[top + rows], rows_high_weight[top + rows])
+        col_weights = (cols_low_weight[cols], cols_high_weight[cols])
+        winners = _bilinear_mix(boundary.corner_scores[slots], row_weights, col_weights).argmax(dim=1, keepdim=True)
+        band[rows, cols] = boundary.candidates[slots].gather(1, winners).squeeze(1)
+        incomplete = (~boundary.complete[slots]).nonzero().squeeze(1)
+        chunk = max(1, MAX_BAND_ELEMENTS // num_labels)
+        for start in range(0, incomplete.numel(), chunk):
+            chosen = incomplete[start : start + chunk]
+            source_rows = (rows_low[top + rows[chosen]], rows_high[top + rows[chosen]])
+            source_cols = (cols_low[cols[chosen]], cols_high[cols[chosen]])
+            corners = torch.stack([flat_scores[:, r * width + c] for r in source_rows for c in source_cols], dim=1)
+            mixed = _bilinear_mix(
+                corners.permute(2, 1, 0),
+                (row_weights[0][chosen], row_weights[1][chosen]),
+                (col_weights[0][chosen], col_weights[1][chosen]),
+            )
+            band[rows[chosen], cols[chosen]] = mixed.argmax(dim=1)
+        label_map[top:bottom] = band
+    return label_map
 
 
 class _SegViTImageProcessingMixin:
@@ -545,22 +746,28 @@ class _SegViTImageProcessingMixin:
         return_segmentation_scores: bool = False,
     ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """
-        Label maps (and optionally per-class scores) from the output of [`SegViTForSemanticSegmentation`].
+        Label maps (and optionally per-class scores) from the output of [`SegViTForSemanticSegmentation`], as the
+        official test does: the ATM scores at the model input's resolution ([`segmentation_scores`]) are bilinearly
+        resized to the target size and arg-maxed.
 
-        Scores at a size other than the model input's are computed from `class_queries_logits` and
-        `masks_queries_logits`: the mask logits are resized to the target size and only then go through the sigmoid
-        (as the model's own prediction at the input size), never by resizing label maps. At the input size, the
-        scores are the model's `logits`.
+        The label maps are computed band by band, and the resized scores only where neighbouring input pixels disagree
+        on their class, so a label map at a photo's size costs about what one at the input size does and never holds
+        `(num_labels, height, width)` floats at that size. `return_segmentation_scores=True` does hold them: at
+        4000x3000 with 150 labels that is 7.2 GB.
+
+        Each image's region inside the model input comes from `pixel_mask` when given (exact for any target size);
+        otherwise from `target_sizes`, taken as the images' original sizes and passed through this processor's
+        resizing. One of the two is needed: the token grid alone does not say where an image ends.
 
         Args:
             outputs ([`SegViTSemanticSegmenterOutput`]):
                 Raw outputs of the model for a batch processed by this image processor.
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch_size, 2)`, *optional*):
                 `(height, width)` of each result, usually each image's original size. Defaults to each image's size
-                inside the model input.
+                inside the model input (needs `pixel_mask`).
             pixel_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*):
-                The `pixel_mask` this processor returned with the batch. Needed when images of different sizes were
-                padded to one size: each prediction is cropped to its image before resizing.
+                The `pixel_mask` this processor returned with the batch: each prediction is cropped to its image
+                before resizing. Taken from `outputs["pixel_mask"]` when the outputs carry it (as the pipeline's do).
             return_segmentation_scores (`bool`, *optional*, defaults to `False`):
                 Return [`SemanticSegmentationPostProcessorOutput`]s with the `(num_labels, height, width)` scores too.
 
@@ -568,44 +775,86 @@ class _SegViTImageProcessingMixin:
             One entry per image: a `(height, width)` int64 label map, or a
             [`SemanticSegmentationPostProcessorOutput`] with `segmentation` and `segmentation_scores`.
         """
-        for name in ("logits", "class_queries_logits", "masks_queries_logits"):
-            if getattr(outputs, name, None) is None:
+        for name in ("class_queries_logits", "masks_queries_logits"):
+            if not isinstance(getattr(outputs, name, None), torch.Tensor):
                 raise TypeError(
-                    f"`outputs` must be a SegViTSemanticSegmenterOutput (with `logits`, `class_queries_logits` and "
+                    "`outputs` must be a SegViTSemanticSegmenterOutput (with `class_queries_logits` and "
                     f"`masks_queries_logits`); `{name}` is missing from {type(outputs).__name__}."
                 )
-        logits = outputs.logits
-        batch_size = logits.shape[0]
-        input_size = tuple(logits.shape[-2:])
-        if pixel_mask is None:
-            valid_sizes = [input_size] * batch_size
-        else:
-            valid_sizes = _valid_sizes_from_pixel_mask(pixel_mask, batch_size, input_size)
-        target_sizes = valid_sizes if target_sizes is None else _as_target_sizes(target_sizes, batch_size)
         masks_queries_logits = outputs.masks_queries_logits
-        cell_size = mask_cell_size(masks_queries_logits.shape[-2:], input_size, (self.patch_size, self.patch_size))
+        batch_size = masks_queries_logits.shape[0]
+        if pixel_mask is None and isinstance(outputs, Mapping):
+            pixel_mask = outputs.get("pixel_mask")
+        if target_sizes is not None:
+            target_sizes = _as_target_sizes(target_sizes, batch_size)
+        valid_sizes, cell_size = self.image_regions(masks_queries_logits.shape[-2:], batch_size, target_sizes, pixel_mask)
+        target_sizes = target_sizes or valid_sizes
 
         results = []
         for index, (valid_size, target_size) in enumerate(zip(valid_sizes, target_sizes)):
-            if target_size == valid_size:
-                scores = logits[index, :, : valid_size[0], : valid_size[1]]
+            if target_size == valid_size and not return_segmentation_scores:
+                results.append(
+                    _label_maps_in_region(
+                        outputs.class_queries_logits[index : index + 1],
+                        masks_queries_logits[index : index + 1],
+                        valid_size,
+                        cell_size,
+                    )[0]
+                )
+                continue
+            scores = _scores_in_region(
+                outputs.class_queries_logits[index : index + 1],
+                masks_queries_logits[index : index + 1],
+                valid_size,
+                cell_size,
+            )[0]
+            if return_segmentation_scores:
+                if target_size != valid_size:
+                    scores = F.interpolate(scores[None], size=target_size, mode="bilinear", align_corners=False)[0]
+                results.append(
+                    SemanticSegmentationPostProcessorOutput(
+                        data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
+                    )
+                )
             else:
-                scores = class_scores_at_size(
-                    outputs.class_queries_logits[index],
-                    masks_queries_logits[index],
-                    input_size,
-                    cell_size,
-                    valid_size,
-                    target_size,
-                )
-            results.append(
-                SemanticSegmentationPostProcessorOutput(
-                    data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
-                )
-            )
-        if not return_segmentation_scores:
-            return [result.segmentation for result in results]
+                results.append(resized_label_map(scores, target_size))
         return results
+
+    def image_regions(
+        self,
+        grid: tuple[int, int],
+        batch_size: int,
+        target_sizes: list[tuple[int, int]] | None = None,
+        pixel_mask: torch.Tensor | np.ndarray | None = None,
+    ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+        """
+        Where the images of a batch lie in the model input: each image's `(height, width)` there (from `pixel_mask`,
+        else from the original sizes `target_sizes` through this processor's resizing), and the `(height, width)`
+        pixels each cell of the `grid`-sized mask logits covers.
+        """
+        if pixel_mask is not None:
+            input_size = tuple(pixel_mask.shape[-2:])
+            sizes = _valid_sizes_from_pixel_mask(pixel_mask, batch_size, input_size)
+            source = "`pixel_mask`"
+        elif target_sizes is not None:
+            target_sizes = _as_target_sizes(target_sizes, batch_size)
+            sizes = [get_resize_output_size(*size, self.size) if self.do_resize else size for size in target_sizes]
+            # A batch is padded to its largest image.
+            input_size = tuple(max(size[axis] for size in sizes) for axis in (0, 1))
+            source = "`target_sizes` (taken as the original image sizes)"
+        else:
+            raise ValueError(
+                "Pass `target_sizes` (each image's original (height, width)) or the `pixel_mask` the processor "
+                "returned: the token grid alone does not say where each image ends."
+            )
+        try:
+            cell_size = mask_cell_size(grid, input_size, (self.patch_size, self.patch_size))
+        except ValueError as error:
+            raise ValueError(
+                f"{source} give an input of {input_size} pixels, which does not fit the model's outputs: {error} "
+                "Pass the `pixel_mask` this processor returned with the batch, or check `patch_size`."
+            ) from None
+        return sizes, cell_size
 
 
 def _looks_rescaled(image: np.ndarray | torch.Tensor) -> bool:
@@ -683,6 +932,10 @@ __all__ = [
     "SegViTImageProcessorPil",
     "get_image_size",
     "get_resize_output_size",
+    "resized_label_map",
+    "resized_score_bands",
+    "segmentation_label_maps",
+    "segmentation_scores",
     "to_8bit_image",
     "validate_size",
 ]

@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .image_processing_segvit import segmentation_label_maps
+from .modeling_segvit import mask_cell_size
+
 # Labels the Trainer pads with when gathering batches of different sizes: never a class.
 TRAINER_PADDING_INDEX = -100
 
@@ -97,7 +100,8 @@ class StreamingMeanIoU:
     ```python
     >>> metric = StreamingMeanIoU(num_labels=150)
     >>> for batch in dataloader:  # doctest: +SKIP
-    ...     metric.update(model(batch["pixel_values"]).logits.argmax(1), batch["labels"])
+    ...     outputs = model(batch["pixel_values"])
+    ...     metric.update(logits_to_label_maps(outputs.to_tuple(), batch["labels"]), batch["labels"])
     >>> metric.compute()["mean_iou"]  # doctest: +SKIP
     ```
     """
@@ -124,17 +128,6 @@ class StreamingMeanIoU:
         """Forgets everything accumulated."""
         self.confusion_matrix.zero_()
 
-    def _prepare_references(self, references: torch.Tensor) -> torch.Tensor:
-        references = references.to(torch.int64)
-        if self.label_map:
-            references = references.clone()
-            for old_id, new_id in self.label_map.items():
-                references[references == old_id] = new_id
-        if self.reduce_labels:
-            unlabelled = (references == 0) | (references == self.ignore_index)
-            references = torch.where(unlabelled, self.ignore_index, references - 1)
-        return references
-
     def update(self, predictions, references) -> None:
         """
         Adds one batch.
@@ -160,25 +153,79 @@ class StreamingMeanIoU:
             predictions = predictions.argmax(dim=1)
         predictions = _as_tensor(predictions, "predictions")
         references = _as_tensor(references, "references")
-        if predictions.shape != references.shape:
+        if predictions.numel() == 0 or predictions.shape != references.shape:
             raise ValueError(
-                f"`predictions` {tuple(predictions.shape)} and `references` {tuple(references.shape)} must have the same "
-                "shape (resize the predictions to the label map first)."
+                f"`predictions` {tuple(predictions.shape)} and `references` {tuple(references.shape)} must be label "
+                "maps of the same, non-empty shape (resize the predictions to the label map first)."
             )
-        device = self.confusion_matrix.device
-        predictions = predictions.to(device=device, dtype=torch.int64).flatten()
-        references = self._prepare_references(references.to(device)).flatten()
-        labelled = (references != self.ignore_index) & (references != TRAINER_PADDING_INDEX)
-        predictions, references = predictions[labelled], references[labelled]
-        for name, values in (("references", references), ("predictions", predictions)):
+        if self.confusion_matrix.device.type == "cpu":
+            # NumPy runs these passes single-threaded: torch's small multi-threaded ops stall on a busy machine.
+            counts = self._count_pairs_numpy(predictions.cpu().numpy().ravel(), references.cpu().numpy().ravel())
+            self.confusion_matrix += torch.from_numpy(counts)
+        else:
+            device = self.confusion_matrix.device
+            self.confusion_matrix += self._count_pairs_torch(
+                predictions.to(device).flatten(), references.to(device).flatten()
+            )
+
+    def _count_pairs_numpy(self, predictions: np.ndarray, references: np.ndarray) -> np.ndarray:
+        """`(num_labels, num_labels)` counts of (reference, prediction) pairs at labelled pixels: one bincount."""
+        num_labels = self.num_labels
+        references = self._mapped_references(references.astype(np.int64))
+        unlabelled = (references == self.ignore_index) | (references == TRAINER_PADDING_INDEX)
+        if self.reduce_labels:
+            unlabelled |= references == 0
+            references = references - 1
+        labelled_references = np.where(unlabelled, 0, references)
+        if (
+            labelled_references.min() < 0
+            or labelled_references.max() >= num_labels
+            or predictions.min() < 0
+            or predictions.max() >= num_labels
+        ):
+            self._raise_out_of_range(
+                torch.from_numpy(predictions), torch.from_numpy(references), torch.from_numpy(unlabelled)
+            )
+        codes = references * num_labels + predictions
+        # Every unlabelled pixel goes to one extra bin, past the confusion matrix.
+        codes[unlabelled] = num_labels * num_labels
+        counts = np.bincount(codes, minlength=num_labels * num_labels + 1)
+        return counts[: num_labels * num_labels].reshape(num_labels, num_labels)
+
+    def _count_pairs_torch(self, predictions: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+        num_labels = self.num_labels
+        references = self._mapped_references(references.to(torch.int64))
+        unlabelled = (references == self.ignore_index) | (references == TRAINER_PADDING_INDEX)
+        if self.reduce_labels:
+            unlabelled |= references == 0
+            references = references - 1
+        predictions = predictions.to(torch.int64)
+        reference_low, reference_high = torch.aminmax(torch.where(unlabelled, 0, references))
+        prediction_low, prediction_high = torch.aminmax(torch.where(unlabelled, 0, predictions))
+        if min(reference_low, prediction_low) < 0 or max(reference_high, prediction_high) >= num_labels:
+            self._raise_out_of_range(predictions, references, unlabelled)
+        codes = torch.where(unlabelled, num_labels * num_labels, references * num_labels + predictions)
+        counts = torch.bincount(codes, minlength=num_labels * num_labels + 1)
+        return counts[: num_labels * num_labels].reshape(num_labels, num_labels)
+
+    def _mapped_references(self, references):
+        """`label_map` applied (each pair in turn, as `evaluate`); works on NumPy arrays and tensors alike."""
+        if not self.label_map:
+            return references
+        references = references.copy() if isinstance(references, np.ndarray) else references.clone()
+        for old_id, new_id in self.label_map.items():
+            references[references == old_id] = new_id
+        return references
+
+    def _raise_out_of_range(self, predictions, references, unlabelled) -> None:
+        labelled = ~unlabelled
+        for name, values in (("references", references[labelled]), ("predictions", predictions[labelled])):
             outside = (values < 0) | (values >= self.num_labels)
             if outside.any():
                 raise ValueError(
                     f"`{name}` hold ids {torch.unique(values[outside])[:10].tolist()} outside [0, {self.num_labels}) "
                     f"at labelled pixels (ignore_index is {self.ignore_index})."
                 )
-        counts = torch.bincount(references * self.num_labels + predictions, minlength=self.num_labels**2)
-        self.confusion_matrix += counts.reshape(self.num_labels, self.num_labels)
 
     def all_reduce(self) -> None:
         """Sums the confusion matrices of all processes (under `torch.distributed`); a no-op otherwise."""
@@ -190,30 +237,49 @@ class StreamingMeanIoU:
         return metrics_from_confusion_matrix(self.confusion_matrix, nan_to_num)
 
 
-def logits_to_label_maps(logits, labels: torch.Tensor | None = None) -> torch.Tensor:
+def logits_to_label_maps(logits, labels: torch.Tensor | None = None, patch_size: int = 16) -> torch.Tensor:
     """
-    A Trainer `preprocess_logits_for_metrics`: the model's `(batch, num_labels, H, W)` scores (alone or first in the
-    output tuple) -> `(batch, H, W)` int32 label maps. Only these small maps are then gathered and passed on to
-    `compute_metrics`.
+    A Trainer `preprocess_logits_for_metrics`: the model's outputs as the Trainer passes them
+    (`class_queries_logits`, `masks_queries_logits`, ...) -> `(batch, H, W)` int32 label maps at the labels' size,
+    the model input's (`segmentation_label_maps`). Only these small maps are then gathered and passed on to
+    `compute_metrics`. For a model whose patch size is not 16, bind it: `functools.partial(logits_to_label_maps,
+    patch_size=8)`.
 
-    The labels must have the scores' size. They can only differ when the Trainer pads the labels of a distributed
+    The labels must have the input's size. They can only differ when the Trainer pads the labels of a distributed
     evaluation to a common height (its `pad_across_processes`) because processes hold batches of different sizes;
     evaluate at fixed sizes then (e.g. `segvit_hf.transforms.build_eval_transforms`).
     """
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 4:
+    if (
+        not isinstance(logits, (tuple, list))
+        or len(logits) < 2
+        or not all(isinstance(tensor, torch.Tensor) for tensor in logits[:2])
+        or logits[0].ndim != 3
+        or logits[1].ndim != 4
+    ):
         raise ValueError(
-            "Expected the model's scores of shape (batch, num_labels, height, width) first in the outputs, got "
-            f"{getattr(logits, 'shape', type(logits).__name__)}."
+            "Expected the model's outputs (class_queries_logits (batch, queries, labels + 1), masks_queries_logits "
+            f"(batch, queries, grid_h, grid_w), ...), got {_describe(logits)}."
         )
-    if labels is not None and tuple(labels.shape[-2:]) != tuple(logits.shape[-2:]):
+    if labels is None:
+        raise ValueError("`labels` are needed: the label maps are computed at their size, the model input's.")
+    class_queries_logits, masks_queries_logits = logits[0], logits[1]
+    size, grid = tuple(labels.shape[-2:]), tuple(masks_queries_logits.shape[-2:])
+    try:
+        mask_cell_size(grid, size, (patch_size, patch_size))
+    except ValueError:
         raise ValueError(
-            f"Labels of size {tuple(labels.shape[-2:])} for scores of size {tuple(logits.shape[-2:])}: in distributed "
-            "evaluation every process must hold batches of the same size; pad or resize evaluation images to a "
-            "fixed size (segvit_hf.transforms.build_eval_transforms)."
-        )
-    return logits.argmax(dim=1).to(torch.int32)
+            f"Labels of size {size} do not fit the {grid} mask grid (patch size {patch_size}): in distributed "
+            "evaluation every process must hold batches of the same size; pad or resize evaluation images to a fixed "
+            "size (segvit_hf.transforms.build_eval_transforms)."
+        ) from None
+    label_maps = segmentation_label_maps(class_queries_logits, masks_queries_logits, size, patch_size)
+    return label_maps.to(torch.int32)
+
+
+def _describe(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of " + ", ".join(_describe(item) for item in value[:3])
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 class SemanticSegmentationMetrics:
@@ -226,26 +292,29 @@ class SemanticSegmentationMetrics:
     logits are kept. Without `batch_eval_metrics` it is called once on everything and works the same way.
 
     Predictions may be label maps (use [`logits_to_label_maps`] as `preprocess_logits_for_metrics`) or the raw
-    model outputs (scores first). Returns `mean_iou`, `mean_accuracy`, `overall_accuracy` and, per class,
+    model outputs (`class_queries_logits`, `masks_queries_logits`, ...; `patch_size` places the masks). Returns `mean_iou`, `mean_accuracy`, `overall_accuracy` and, per class,
     `iou_<name>` / `accuracy_<name>` (names from `id2label`, else the class ids).
     """
 
-    def __init__(self, num_labels: int, ignore_index: int = 255, id2label: Mapping[int, str] | None = None):
+    def __init__(
+        self,
+        num_labels: int,
+        ignore_index: int = 255,
+        id2label: Mapping[int, str] | None = None,
+        patch_size: int = 16,
+    ):
         self.metric = StreamingMeanIoU(num_labels, ignore_index)
+        self.patch_size = patch_size
         id2label = id2label or {}
         self.class_names = [str(id2label.get(i, i)) for i in range(num_labels)]
 
     def __call__(self, eval_prediction, compute_result: bool = True) -> dict[str, float]:
+        references = torch.as_tensor(eval_prediction.label_ids)
         predictions = eval_prediction.predictions
         if isinstance(predictions, (tuple, list)):
-            predictions = predictions[0]
-        if isinstance(predictions, np.ndarray):
-            predictions = torch.from_numpy(predictions)
-        references = eval_prediction.label_ids
-        if isinstance(references, np.ndarray):
-            references = torch.from_numpy(references)
-        if predictions.is_floating_point():
-            predictions = logits_to_label_maps(predictions, references)
+            raw_outputs = [torch.as_tensor(tensor) for tensor in predictions[:2]]
+            predictions = logits_to_label_maps(raw_outputs, references, self.patch_size)
+        predictions = torch.as_tensor(predictions)
         self.metric.update(predictions, references)
         if not compute_result:
             return {}

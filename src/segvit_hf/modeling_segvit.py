@@ -44,15 +44,14 @@ class SegViTModelOutput(ModelOutput):
 @dataclass
 class SegViTSemanticSegmenterOutput(ModelOutput):
     """
-    Output of [`SegViTForSemanticSegmentation`].
+    Output of [`SegViTForSemanticSegmentation`]: what the ATM decoder computes, on the token grid. Nothing is computed
+    at the image's resolution: [`SegViTImageProcessor.post_process_semantic_segmentation`] turns these logits into
+    label maps at any size, and [`~image_processing_segvit.segmentation_scores`] gives the official model's
+    full-resolution scores (its `pred`).
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
             ATM loss summed over all decoder stages: `class_weight * CE + focal_weight * focal + dice_weight * dice`.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`):
-            Per-class scores at the input resolution: `sum_n softmax(class logits)[n, c] * sigmoid(mask n)`, the "no
-            object" column dropped. Non-negative, but not probabilities: every query adds its share to each class, so
-            a score can exceed 1 (up to `num_labels`). The official model's `pred`; `argmax(1)` is the label map.
         class_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, num_labels + 1)`):
             Class logits of each class query after the last stage; the last column is "no object".
         masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, grid_height, grid_width)`):
@@ -69,7 +68,6 @@ class SegViTSemanticSegmenterOutput(ModelOutput):
     """
 
     loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
     class_queries_logits: torch.FloatTensor | None = None
     masks_queries_logits: torch.FloatTensor | None = None
     auxiliary_logits: list[dict[str, torch.FloatTensor]] | None = None
@@ -436,61 +434,24 @@ def upsample_mask_logits(mask_logits: torch.Tensor, size: tuple[int, int], cell_
     return upsampled[..., : size[0], : size[1]]
 
 
-def mask_cell_size(mask_grid: tuple[int, int], image_size: tuple[int, int], patch_size: tuple[int, int]):
-    """Pixels per mask cell: the patch size on the full token grid, twice that on the grid halved by QD."""
-    cell = []
-    for cells, pixels, patch in zip(mask_grid, image_size, patch_size):
-        tokens = -(-pixels // patch)
-        # float(): under torch.jit.trace (FLOP counting) sizes are 0-d tensors, which round() rejects.
-        cell.append(patch * max(1, round(float(tokens / cells))))
-    return tuple(cell)
-
-
-def semantic_scores(
-    class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]
-) -> torch.Tensor:
+def mask_cell_size(mask_grid, image_size, patch_size) -> tuple[int, int]:
     """
-    The ATM prediction at full resolution, `(batch, labels, size[0], size[1])`: grid mask logits are bilinearly resized
-    to the pixels they cover (as `upsample_mask_logits`), passed through the sigmoid and combined with the class
-    probabilities (as `combine_class_and_mask_scores`).
-
-    The same numbers, computed a band of grid rows at a time so that the `(batch, queries, H, W)` full-resolution masks
-    (157 MB per 512x512 ADE20K image in fp32) never exist at once. Each band is resized together with one neighbouring
-    grid row on either side, which gives its pixels exactly the bilinear weights of the whole-map resize.
+    Pixels per mask cell for masks on `mask_grid` predicted from an `image_size` input: the patch size on the token
+    grid (`ceil(image_size / patch_size)`), twice that on the grid halved by query down-sampling. A `ValueError` for a
+    grid that is neither.
     """
-    batch_size, num_queries, grid_h, grid_w = mask_logits.shape
-    cell_h, cell_w = cell_size
-    dtype = torch.promote_types(mask_logits.dtype, class_logits.dtype)
-    class_probabilities = class_logits.to(dtype).softmax(dim=-1)[..., :-1].transpose(1, 2)
-    mask_logits = mask_logits.to(dtype)
-    scores = mask_logits.new_empty(batch_size, class_probabilities.shape[1], size[0], size[1])
-    cells_per_band = max(1, 2**22 // (num_queries * cell_h * grid_w * cell_w))
-    for first in range(0, grid_h, cells_per_band):
-        top = first * cell_h
-        if top >= size[0]:
-            break
-        last = min(first + cells_per_band, grid_h)
-        context_first, context_last = max(first - 1, 0), min(last + 1, grid_h)
-        band = F.interpolate(
-            mask_logits[:, :, context_first:context_last],
-            size=((context_last - context_first) * cell_h, grid_w * cell_w),
-            mode="bilinear",
-            align_corners=False,
-        )
-        bottom = min(last * cell_h, size[0])
-        offset = (first - context_first) * cell_h
-        band = band[:, :, offset : offset + bottom - top, : size[1]].sigmoid()
-        scores[:, :, top:bottom] = torch.matmul(class_probabilities, band.flatten(2)).unflatten(-1, (-1, size[1]))
-    return scores
-
-
-def combine_class_and_mask_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-    """
-    The ATM prediction: `(batch, labels, H, W)` scores `sum_n softmax(class_logits)[b, n, c] * sigmoid(mask)[b, n]`,
-    "no object" dropped. `class_logits` is `(batch, queries, labels + 1)`, `mask_logits` `(batch, queries, H, W)`.
-    """
-    class_probabilities = class_logits.softmax(dim=-1)[..., :-1]
-    return torch.einsum("bnc,bnhw->bchw", class_probabilities, mask_logits.sigmoid())
+    # int(): under torch.jit.trace (FLOP counting) sizes are 0-d tensors.
+    patch = tuple(int(side) for side in patch_size)
+    tokens = tuple(-(-int(pixels) // step) for pixels, step in zip(image_size, patch))
+    grid = tuple(int(cells) for cells in mask_grid)
+    if grid == tokens:
+        return patch
+    if grid == tuple(-(-count // 2) for count in tokens):
+        return tuple(2 * step for step in patch)
+    raise ValueError(
+        f"Masks on a {grid} grid do not come from a {tuple(int(side) for side in image_size)} input with patch size "
+        f"{patch}: its token grid is {tokens}."
+    )
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
@@ -740,8 +701,8 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
 
     >>> model = SegViTForSemanticSegmentation(SegViTConfig.from_preset("ade20k-vit-b")).eval()
     >>> outputs = model(torch.randn(1, 3, 512, 512))
-    >>> outputs.logits.shape
-    torch.Size([1, 150, 512, 512])
+    >>> outputs.masks_queries_logits.shape
+    torch.Size([1, 150, 32, 32])
     ```
     """
 
@@ -792,6 +753,10 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
                 What `SegViTImageProcessor` returns beside `pixel_values` (1 on image pixels, 0 on batch padding), so
                 that `model(**image_processor(images))` works. The network does not use it: like the official model it
                 sees padded pixels. Pass it to `post_process_semantic_segmentation` to crop each prediction.
+
+        Returns:
+            [`SegViTSemanticSegmenterOutput`]: class and mask logits on the token grid (and the loss). Label maps come
+            from [`SegViTImageProcessor.post_process_semantic_segmentation`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
@@ -809,19 +774,15 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
         )
         stage_outputs = self.decode_head(encoder_outputs.feature_maps)
         class_logits, mask_logits = stage_outputs[-1]
-        image_size = tuple(pixel_values.shape[-2:])
-        cell_size = mask_cell_size(mask_logits.shape[-2:], image_size, self.segvit.embeddings.patch_size)
-        logits = semantic_scores(class_logits, mask_logits, image_size, cell_size)
 
         loss = None
         if labels is not None:
-            device_type = logits.device.type
-            with torch.autocast(device_type=device_type, enabled=False):
+            cell_size = mask_cell_size(mask_logits.shape[-2:], labels.shape[-2:], self.segvit.embeddings.patch_size)
+            with torch.autocast(device_type=mask_logits.device.type, enabled=False):
                 loss = self.criterion(stage_outputs, labels, cell_size)
 
         output = SegViTSemanticSegmenterOutput(
             loss=loss,
-            logits=logits,
             class_queries_logits=class_logits,
             masks_queries_logits=mask_logits,
             auxiliary_logits=[

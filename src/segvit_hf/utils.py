@@ -30,6 +30,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .configuration_segvit import as_pair
+from .image_processing_segvit import segmentation_scores
+
 if TYPE_CHECKING:
     from fvcore.nn import FlopCountAnalysis
 
@@ -96,6 +99,28 @@ def _input_channels(model: nn.Module) -> int:
     )
 
 
+class _WithOfficialPrediction(nn.Module):
+    """
+    A SegViT model followed by the official full-resolution prediction (`segmentation_scores`): the paper's counts
+    include it, as the official head computes it in its forward pass, while ours leaves it to the post-processing.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(pixel_values)
+        patch_size = as_pair(self.model.config.encoder_config.patch_size)
+        return segmentation_scores(
+            outputs.class_queries_logits, outputs.masks_queries_logits, pixel_values.shape[-2:], patch_size
+        )
+
+
+def _is_segvit_segmenter(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == "segvit" and hasattr(model, "decode_head")
+
+
 def flop_count_analysis(
     model: nn.Module,
     height: int,
@@ -114,8 +139,9 @@ def flop_count_analysis(
 
     Args:
         model (`nn.Module`):
-            Any module whose forward takes the pixel values as its first argument, e.g. a
-            [`SegViTForSemanticSegmentation`] (counts encoder, decoder and the full-resolution prediction).
+            Any module whose forward takes the pixel values as its first argument. A
+            [`SegViTForSemanticSegmentation`] is counted with the official full-resolution prediction
+            (`segmentation_scores`) after its forward pass, as the paper counts it: encoder, decoder and prediction.
         height (`int`), width (`int`):
             Input size in pixels. The paper counts at the training crop (`config.encoder_config.image_size`).
         batch_size (`int`, *optional*, defaults to 1):
@@ -143,7 +169,8 @@ def flop_count_analysis(
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     pixel_values = torch.randn(batch_size, num_channels, height, width, device=device, dtype=dtype)
 
-    analysis = FlopCountAnalysis(model, (pixel_values,)).set_op_handle(**_EXTRA_HANDLES)
+    counted = _WithOfficialPrediction(model) if _is_segvit_segmenter(model) else model
+    analysis = FlopCountAnalysis(counted, (pixel_values,)).set_op_handle(**_EXTRA_HANDLES)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     training_flags = {module: module.training for module in model.modules()}

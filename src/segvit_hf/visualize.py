@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_processing_segvit import _channel_layout, _valid_sizes_from_pixel_mask, get_image_size, to_8bit_image
+from .image_processing_segvit import _channel_layout, get_image_size, to_8bit_image
 from .labels import default_palette
-from .modeling_segvit import mask_cell_size, upsample_mask_logits
+from .modeling_segvit import SegViTSemanticSegmenterOutput, upsample_mask_logits
 
 # Anchor colours of a dark-to-bright heat map (black-purple-red-orange-pale yellow), interpolated linearly.
 _HEAT_ANCHORS = np.array(
@@ -198,9 +198,9 @@ def _heat_colours(values: np.ndarray) -> np.ndarray:
 def draw_mask_grid(
     image: Any,
     outputs,
+    processor,
     id2label: Mapping[int, str] | None = None,
     top_k: int = 8,
-    patch_size: int = 16,
     columns: int = 4,
     tile_size: int = 256,
     index: int = 0,
@@ -214,9 +214,9 @@ def draw_mask_grid(
     Args:
         image: the image the model saw (before processing), PIL, NumPy or torch.
         outputs: the model's [`SegViTSemanticSegmenterOutput`] for a batch holding the image.
+        processor: the [`SegViTImageProcessor`] that prepared the batch (places the mask grid on the image).
         id2label: class names (a model's `config.id2label`).
         top_k: number of classes shown.
-        patch_size: the model's patch size (places the mask grid on the input pixels).
         columns: tiles per row.
         tile_size: longest side of a tile in pixels.
         index: the image's position in the batch.
@@ -226,14 +226,19 @@ def draw_mask_grid(
     """
     if top_k < 1 or columns < 1 or tile_size < 8:
         raise ValueError(f"Need top_k >= 1, columns >= 1 and tile_size >= 8; got {top_k}, {columns}, {tile_size}.")
-    logits = outputs.logits
-    input_size = tuple(logits.shape[-2:])
-    valid = input_size
-    if pixel_mask is not None:
-        valid = _valid_sizes_from_pixel_mask(pixel_mask, logits.shape[0], input_size)[index]
-    class_logits = outputs.class_queries_logits[index].detach().float().cpu()
-    mask_logits = outputs.masks_queries_logits[index].detach().float().cpu()
-    label_map = logits[index, :, : valid[0], : valid[1]].detach().argmax(dim=0).cpu()
+    image_size = get_image_size(image)
+    single = SegViTSemanticSegmenterOutput(
+        class_queries_logits=outputs.class_queries_logits[index : index + 1].detach().float().cpu(),
+        masks_queries_logits=outputs.masks_queries_logits[index : index + 1].detach().float().cpu(),
+    )
+    single_mask = None if pixel_mask is None else torch.as_tensor(pixel_mask)[index : index + 1]
+    label_map = processor.post_process_semantic_segmentation(
+        single, target_sizes=[image_size], pixel_mask=single_mask
+    )[0]
+    (valid,), cell_size = processor.image_regions(
+        single.masks_queries_logits.shape[-2:], 1, target_sizes=[image_size], pixel_mask=single_mask
+    )
+    class_logits, mask_logits = single.class_queries_logits[0], single.masks_queries_logits[0]
     num_labels = class_logits.shape[-1] - 1
     areas = torch.bincount(label_map.flatten(), minlength=num_labels).float() / label_map.numel()
     # Query i is class i: its confidence is the probability it gives its own class.
@@ -247,8 +252,7 @@ def draw_mask_grid(
     gray = np.asarray(Image.fromarray(rgb).convert("L").resize((tile_width, tile_height), Image.BILINEAR))
     gray = np.repeat(gray[..., None].astype(np.float32) * 0.5, 3, axis=-1)
 
-    cell_size = mask_cell_size(mask_logits.shape[-2:], input_size, (patch_size, patch_size))
-    masks = upsample_mask_logits(mask_logits[chosen][None], input_size, cell_size)[..., : valid[0], : valid[1]]
+    masks = upsample_mask_logits(mask_logits[chosen][None], valid, cell_size)
     probabilities = F.interpolate(masks, size=(tile_height, tile_width), mode="bilinear", align_corners=False)
     probabilities = probabilities[0].sigmoid().numpy()
 
