@@ -10,7 +10,7 @@ Our model has no such resize; the "+ resize" column adds that term so the last c
 
 Needs fvcore (`pip install fvcore`, the `benchmark` extra). Usage:
 
-    python benchmarks/flops.py                     # every row (ViT-L rows take about a minute each on 2 cores)
+    python benchmarks/flops.py                     # every row (about a minute in all on 2 cores)
     python benchmarks/flops.py --only ade20k-vit-b ade20k-vit-b-shrunk
 """
 
@@ -63,6 +63,29 @@ def output_resize_gflops(config: SegViTConfig, height: int, width: int) -> float
     return 4 * config.num_labels * height * width / 1e9
 
 
+def count_gflops(variant: Variant) -> tuple[float, set[str]]:
+    """GFLOPs of `variant` at its training crop, and the operators it executed that are not counted."""
+    config = variant.config()
+    size = config.encoder_config.image_size
+    # The weights' values do not change the count: skip their (slow, for ViT-L) random initialisation.
+    with no_init_weights():
+        model = SegViTForSemanticSegmentation(config)
+    analysis = flop_count_analysis(model, size, size)
+    return analysis.total() / 1e9, set(analysis.unsupported_ops())
+
+
+def table_row(variant: Variant, ours: float) -> str:
+    """The row of `variant` in the table this script prints (and docs/benchmarks.md shows)."""
+    config = variant.config()
+    size = config.encoder_config.image_size
+    with_resize = ours + output_resize_gflops(config, size, size)
+    paper = variant.paper_gflops
+    return (
+        f"| {variant.name} | {size} | {ours:.2f} | {with_resize:.2f} | {paper:.1f} "
+        f"| {100 * (ours / paper - 1):+.2f}% | {100 * (with_resize / paper - 1):+.2f}% |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=[variant.name for variant in VARIANTS], help="rows to count")
@@ -74,23 +97,10 @@ def main() -> None:
     ours_by_name, not_counted = {}, set()
     started = time.perf_counter()
     for variant in variants:
-        config = variant.config()
-        size = config.encoder_config.image_size
-        # The weights' values do not change the count: skip their (slow, for ViT-L) random initialisation.
-        with no_init_weights():
-            model = SegViTForSemanticSegmentation(config)
-        analysis = flop_count_analysis(model, size, size)
-        del model
-        ours = analysis.total() / 1e9
-        with_resize = ours + output_resize_gflops(config, size, size)
+        ours, unsupported = count_gflops(variant)
         ours_by_name[variant.name] = ours
-        not_counted.update(analysis.unsupported_ops())
-        paper = variant.paper_gflops
-        print(
-            f"| {variant.name} | {size} | {ours:.2f} | {with_resize:.2f} | {paper:.1f} "
-            f"| {100 * (ours / paper - 1):+.2f}% | {100 * (with_resize / paper - 1):+.2f}% |",
-            flush=True,
-        )
+        not_counted.update(unsupported)
+        print(table_row(variant, ours), flush=True)
 
     if {"ade20k-vit-l", "ade20k-vit-l-shrunk"} <= ours_by_name.keys():
         ratio = ours_by_name["ade20k-vit-l-shrunk"] / ours_by_name["ade20k-vit-l"]

@@ -75,7 +75,16 @@ def test_unknown_preset():
         ({"encoder_config": {"hidden_size": 100, "num_attention_heads": 12}}, "not divisible"),
         ({"encoder_config": {"image_size": 500}}, "multiple of the patch size"),
         ({"shrink_index": 0}, "shrink_index"),
-        ({"decoder_layers_per_stage": 0}, "at least 1"),
+        ({"decoder_layers_per_stage": 0}, "decoder_layers_per_stage` must be positive"),
+        ({"num_labels": 0}, "at least one class"),
+        ({"id2label": {}}, "at least one class"),
+        ({"ignore_index": 1}, "ignore_index` 1 is the id of the class"),
+        ({"id2label": {0: "a", 1: "b"}, "ignore_index": 0}, "'a': that class would never be supervised"),
+        ({"decoder_hidden_size": -384}, "decoder_hidden_size` must be positive, got -384"),
+        ({"encoder_config": {"hidden_size": -768}}, "encoder_config.hidden_size` must be positive"),
+        ({"encoder_config": {"num_attention_heads": 0}}, "encoder_config.num_attention_heads` must be positive"),
+        ({"encoder_config": {"image_size": [512, -512]}}, "encoder_config.image_size` must be positive"),
+        ({"decoder_num_attention_heads": 0}, "decoder_num_attention_heads` must be positive"),
     ],
 )
 def test_invalid_configurations_are_rejected(kwargs, message):
@@ -89,3 +98,8 @@ def test_serialisation_round_trip(tmp_path):
     loaded = SegViTConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
     assert isinstance(loaded.encoder_config, ViTConfig)
+
+
+@pytest.mark.parametrize("ignore_index", [255, -100, 150])
+def test_ignore_index_outside_the_class_ids_is_accepted(ignore_index):
+    assert SegViTConfig.from_preset("ade20k-vit-b", ignore_index=ignore_index).ignore_index == ignore_index

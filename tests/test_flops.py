@@ -1,5 +1,9 @@
 """The FLOP counter: counts as the paper does, attention included whichever kernel runs it."""
 
+import re
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -125,3 +129,17 @@ def test_bad_arguments_are_rejected():
         count_flops(lambda pixels: pixels, 64, 64)
     with pytest.raises(ValueError, match="num_channels"):
         count_flops(ImageToTokens(FusedAttention()), 8, 8)
+
+
+def test_the_documented_figures_of_ade20k_vit_b_are_what_the_code_counts():
+    # The cheapest row of `python benchmarks/flops.py` and the count_flops examples, recomputed.
+    repo = Path(__file__).resolve().parents[1]
+    flops = runpy.run_path(str(repo / "benchmarks" / "flops.py"))
+    variant = next(variant for variant in flops["VARIANTS"] if variant.name == "ade20k-vit-b")
+    ours, _ = flops["count_gflops"](variant)
+    benchmarks = (repo / "docs" / "benchmarks.md").read_text()
+    assert flops["table_row"](variant, ours) in benchmarks
+    assert re.search(r"count_flops\(model, 512, 512\) +# ([\d.]+)", benchmarks).group(1) == f"{ours:.2f}"
+    docstring = (repo / "src" / "segvit_hf" / "utils.py").read_text()
+    example = re.search(r">>> round\(count_flops\(model, 512, 512\), 1\).*\n +([\d.]+)", docstring)
+    assert example.group(1) == f"{ours:.1f}"

@@ -113,6 +113,23 @@ def test_resize_output_size_rejects_other_size_dicts():
         get_resize_output_size(10, 10, {"max_height": 5, "max_width": 5})
 
 
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        ({"shortest_edge": -64}, "positive"),
+        ({"shortest_edge": 0}, "positive"),
+        ({"shortest_edge": 64, "longest_edge": -1}, "positive"),
+        ({"height": 64, "width": 0}, "positive"),
+        ({"longest_edge": 64}, "shortest_edge"),
+    ],
+)
+def test_invalid_sizes_are_refused_at_construction_and_at_call(processor, size, message):
+    with pytest.raises(ValueError, match=message):
+        SegViTImageProcessor(size=size)
+    with pytest.raises(ValueError, match=message):
+        processor(random_rgb(10, 10), size=size)
+
+
 def test_resize_rescale_normalize():
     image = np.full((30, 60, 3), 255, dtype=np.uint8)
     jax = SegViTImageProcessor(
@@ -151,6 +168,53 @@ def test_grayscale_and_transparent_images_become_rgb(processor):
     transparent = Image.fromarray(np.zeros((40, 50, 4), np.uint8), mode="RGBA")
     white = processor(np.full((40, 50, 3), 255, np.uint8), return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(processor(transparent, return_tensors="pt")["pixel_values"], white)
+
+
+def _gradient(dtype, high):
+    return np.linspace(0, high, 40 * 50).reshape(40, 50).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.fromarray(_gradient(np.uint16, 65535)),  # a 16-bit PNG opens as "I;16"
+        Image.fromarray(_gradient(np.int32, 65535)),  # "I", as some Pillow versions read 16-bit PNGs
+        Image.fromarray(_gradient(np.float32, 1.0)),  # "F" in [0, 1]
+        Image.fromarray(_gradient(np.float32, 255.0)),  # "F" in [0, 255]
+    ],
+    ids=["I;16", "I", "F-unit", "F-255"],
+)
+def test_high_bit_depth_images_are_scaled_by_their_range(processor, image):
+    # The same gradient as 8 bits: every mode must give (nearly) the pixels of the 8-bit image, not two values.
+    expected = processor(Image.fromarray(np.round(_gradient(np.float64, 255.0)).astype(np.uint8)), return_tensors="pt")
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixel_values, expected["pixel_values"], atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (_gradient(np.int32, 70000), r"\[0, 65535\]"),
+        (_gradient(np.float32, 300.0), r"\[0, 1\] or \[0, 255\]"),
+        (np.full((4, 4), np.nan, np.float32), "outside"),
+    ],
+)
+def test_high_bit_depth_images_of_unknown_range_are_refused(processor, array, message):
+    with pytest.raises(ValueError, match=message):
+        processor(Image.fromarray(array))
+
+
+@pytest.mark.parametrize("shape", [(1, 500, 3), (4, 5, 3), (1, 5, 4)])
+def test_ambiguous_arrays_are_read_channels_last(processor, shape):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    expected = processor(Image.fromarray(image), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(processor(image, return_tensors="pt")["pixel_values"], expected)
+    assert image_processing_segvit.get_image_size(image) == shape[:2]
+
+
+def test_channels_first_rgb_with_few_columns_stays_channels_first():
+    assert image_processing_segvit.get_image_size(np.zeros((3, 5, 4))) == (5, 4)
+    assert image_processing_segvit.get_image_size(np.zeros((3, 5, 4)), input_data_format="channels_last") == (3, 5)
 
 
 def test_mixed_size_batch_is_padded_and_the_valid_region_recorded(processor):
@@ -229,6 +293,8 @@ def test_bad_segmentation_maps_raise_value_errors(processor):
         processor([image], segmentation_maps=[np.zeros((20, 30), np.uint8)] * 2)
     with pytest.raises(ValueError, match="single-channel"):
         processor([image], segmentation_maps=[np.zeros((20, 30, 3), np.uint8)])
+    with pytest.raises(ValueError, match=r"shape \(20, 30, 3\).*colour label map"):
+        processor(image, segmentation_maps=np.zeros((20, 30, 3), np.uint8))
     with pytest.raises(ValueError, match="class ids"):
         processor(image, segmentation_maps=np.full((20, 30), 0.5))
 

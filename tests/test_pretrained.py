@@ -5,6 +5,7 @@ Every checkpoint here is a tiny random ViT written to tmp_path; nothing is downl
 
 import argparse
 import json
+import time
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from safetensors.torch import save_file
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTModel
+from segvit_hf.hub import HubUnreachableError
 from segvit_hf.pretrained import (
     EncoderLoadingReport,
     convert_timm_vit_state_dict,
@@ -214,6 +216,18 @@ def test_sources_that_are_not_vit_checkpoints(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(OSError, match="no config.json"):
         segvit_from_vit_pretrained(tmp_path / "empty", segvit_config())
+
+
+
+def test_an_uncached_hub_id_offline_says_so_promptly(tmp_path):
+    # conftest turns on HF_HUB_OFFLINE; the empty cache_dir guarantees the files are not cached.
+    started = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match="config.json of 'google/vit-base-patch16-384' is not in the local "
+                       "Hugging Face cache and offline mode is on"):
+        SegViTForSemanticSegmentation.from_vit_pretrained(
+            "google/vit-base-patch16-384", "ade20k-vit-b", cache_dir=tmp_path
+        )
+    assert time.perf_counter() - started < 5
 
 
 # --- timm layout -------------------------------------------------------------------------------------------------

@@ -129,6 +129,20 @@ def accelerate_arguments(config_dir, output_dir, max_steps, *extra):
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "folder, message",
+    [("checkpoint-3", "expected a step_N folder written by --checkpointing_steps"), ("step_9", "no such directory")],
+)
+def test_accelerate_resume_from_a_folder_not_named_step_n_is_one_line(tmp_path, capsys, folder, message):
+    script = runpy.run_path(str(EXAMPLES / "train_accelerate.py"))
+    (tmp_path / "checkpoint-3").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        script["parse_args"](["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", str(tmp_path / folder)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--resume_from_checkpoint {tmp_path / folder}: {message}" in error
+
+
 def test_accelerate_script_trains_and_resumes_exactly(tiny_config_dir, tmp_path):
     script = runpy.run_path(str(EXAMPLES / "train_accelerate.py"))
     full = tmp_path / "full"

@@ -39,6 +39,12 @@ def test_to_rgb_array_accepts_the_usual_layouts():
     assert gray.shape == (6, 8, 3) and (gray[..., 2] == rgb[..., 0]).all()
 
 
+def test_to_rgb_array_scales_sixteen_bit_images():
+    gradient = np.linspace(0, 65535, 6 * 7).reshape(6, 7).astype(np.uint16)
+    expected = np.repeat(np.round(gradient / 257).astype(np.uint8)[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(to_rgb_array(Image.fromarray(gradient)), expected)
+
+
 def test_overlay_blends_colours_and_lists_present_classes_in_a_legend(tmp_path):
     image = np.full((60, 80, 3), 200, dtype=np.uint8)
     label_map = np.zeros((60, 80), dtype=np.int64)

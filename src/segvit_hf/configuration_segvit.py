@@ -24,6 +24,17 @@ _ENCODER_DEFAULTS = {
     "qkv_bias": True,
 }
 
+_POSITIVE_ENCODER_SIZES = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "image_size",
+    "patch_size",
+    "num_channels",
+)
+_POSITIVE_DECODER_SIZES = ("decoder_hidden_size", "decoder_num_attention_heads", "decoder_layers_per_stage")
+
 
 class SegViTConfig(PreTrainedConfig):
     r"""
@@ -63,7 +74,7 @@ class SegViTConfig(PreTrainedConfig):
         focal_gamma (`float`, *optional*, defaults to 2.0):
             Focal loss gamma.
         ignore_index (`int`, *optional*, defaults to 255):
-            Label value of pixels without a class.
+            Label value of pixels without a class; it must not be a class id (outside `[0, num_labels)`).
         shrink_index (`int`, *optional*):
             Encoder layer at which query-based down-sampling (QD) halves the token grid: that layer's queries are the
             2x2 nearest down-sampled tokens, its keys and values all tokens, and later layers run at 1/32. `None` for
@@ -144,6 +155,14 @@ class SegViTConfig(PreTrainedConfig):
 
     def _validate(self) -> None:
         encoder = self.encoder_config
+        self._validate_sizes()
+        if self.num_labels < 1:
+            raise ValueError(f"A SegViT needs at least one class, got num_labels={self.num_labels}.")
+        if 0 <= self.ignore_index < self.num_labels:
+            raise ValueError(
+                f"`ignore_index` {self.ignore_index} is the id of the class {self.id2label[self.ignore_index]!r}: that "
+                f"class would never be supervised. Use a value outside [0, {self.num_labels}), e.g. 255 or -100."
+            )
         depth = encoder.num_hidden_layers
         if not self.out_indices:
             raise ValueError("`out_indices` must name at least one encoder layer.")
@@ -164,8 +183,6 @@ class SegViTConfig(PreTrainedConfig):
                 f"`decoder_hidden_size` {self.decoder_hidden_size} is not divisible by "
                 f"`decoder_num_attention_heads` {self.decoder_num_attention_heads}."
             )
-        if self.decoder_layers_per_stage < 1:
-            raise ValueError(f"`decoder_layers_per_stage` must be at least 1, got {self.decoder_layers_per_stage}.")
         if self.shrink_index is not None and not 0 < self.shrink_index < depth:
             raise ValueError(f"`shrink_index` must be in (0, {depth}) or None, got {self.shrink_index}.")
         if self.query_upsampling and len(self.out_indices) != 2:
@@ -188,6 +205,15 @@ class SegViTConfig(PreTrainedConfig):
                 raise ValueError(
                     f"Encoder image_size {encoder.image_size} must be a multiple of the patch size {encoder.patch_size}."
                 )
+
+    def _validate_sizes(self) -> None:
+        # Checked first: a zero or negative size would otherwise fail much later, inside torch, without its name.
+        encoder = self.encoder_config
+        sizes = {f"encoder_config.{name}": getattr(encoder, name) for name in _POSITIVE_ENCODER_SIZES}
+        sizes.update({name: getattr(self, name) for name in _POSITIVE_DECODER_SIZES})
+        for name, value in sizes.items():
+            if min(as_pair(value)) < 1:
+                raise ValueError(f"`{name}` must be positive, got {value}.")
 
     @property
     def num_stages(self) -> int:

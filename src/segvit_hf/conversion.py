@@ -1,8 +1,8 @@
 """Convert checkpoints of the official SegViT code (mmseg 0.24 layout) into [`SegViTForSemanticSegmentation`].
 
-Command line::
+Command line (`segvit-convert`, or `python -m segvit_hf.conversion`)::
 
-    python -m segvit_hf.conversion ade_51.3.pth converted/ade20k-vit-b --preset ade20k-vit-b
+    segvit-convert ade_51.3.pth converted/ade20k-vit-b --preset ade20k-vit-b
 
 The official files are torch pickles. They are read with `torch.load(weights_only=True)`, which refuses arbitrary
 Python objects, so a tampered file cannot run code.
@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 import torch
 
 from .configuration_segvit import SegViTConfig
+from .console import ArgumentParser, add_debug_argument, run_command
+from .image_processing_segvit import SegViTImageProcessor
 from .labels import id2label_for
 from .modeling_segvit import SegViTForSemanticSegmentation
 from .presets import PRESETS, get_preset
@@ -320,16 +323,30 @@ def convert_official_checkpoint(
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m segvit_hf.conversion",
-        description="Convert an official SegViT checkpoint (mmseg layout) into a transformers checkpoint directory.",
+def preset_image_processor(preset: str, num_labels: int):
+    """
+    The image processor of a released model converted with `preset`: the preset's test-time resizing and
+    normalisation, with the background class kept when a PASCAL-Context checkpoint has 60 classes instead of 59.
+    """
+    with_background = get_preset(preset).dataset == "pascal-context" and num_labels == 60
+    return SegViTImageProcessor.from_preset(preset, with_background=with_background)
+
+
+# Architecture settings the official tensors do not record: without --preset, each must be given.
+_ARCHITECTURE_FLAGS = ("num_attention_heads", "decoder_num_attention_heads", "out_indices", "image_size")
+
+
+def _build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="segvit-convert",
+        description="Convert an official SegViT checkpoint (mmseg layout) into a transformers checkpoint directory "
+        "(also run as `python -m segvit_hf.conversion`).",
     )
     parser.add_argument("checkpoint", help="official .pth file; with --all, the directory holding the released files")
     parser.add_argument(
         "output_dir",
-        help="directory to write config.json and model.safetensors to; with --all, the parent of one directory per "
-        "preset",
+        help="directory to write config.json, model.safetensors and preprocessor_config.json to; with --all, the "
+        "parent of one directory per preset",
     )
     parser.add_argument(
         "--all",
@@ -339,27 +356,46 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--push-to-hub", metavar="ORG", help="with --all: upload each model to ORG/segvit-<preset>")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="architecture and labels of a released model")
-    parser.add_argument("--num-attention-heads", type=int)
-    parser.add_argument("--decoder-num-attention-heads", type=int)
-    parser.add_argument("--out-indices", type=int, nargs="+")
-    parser.add_argument("--image-size", type=int, help="training crop size")
-    parser.add_argument("--shrink-index", type=int)
-    args = parser.parse_args(argv)
+    parser.add_argument("--num-attention-heads", type=int, help="encoder heads (needed without --preset)")
+    parser.add_argument("--decoder-num-attention-heads", type=int, help="ATM decoder heads (needed without --preset)")
+    parser.add_argument("--out-indices", type=int, nargs="+", help="encoder layers fed to the decoder (needed "
+                        "without --preset)")
+    parser.add_argument("--image-size", type=int, help="training crop size (needed without --preset)")
+    parser.add_argument("--shrink-index", type=int, help="QD layer of a Shrunk checkpoint")
+    add_debug_argument(parser)
+    return parser
+
+
+def _check_arguments(parser: ArgumentParser, args: argparse.Namespace) -> None:
     if args.all:
-        overrides = ("preset", "num_attention_heads", "decoder_num_attention_heads", "out_indices", "image_size",
-                     "shrink_index")
+        overrides = ("preset", "shrink_index", *_ARCHITECTURE_FLAGS)
         given = [name for name in overrides if getattr(args, name) is not None]
         if given:
             parser.error(f"--all takes the architecture from each file's preset; drop {', '.join(given)}.")
-        results = convert_released_checkpoints(args.checkpoint, args.output_dir, push_to_hub=args.push_to_hub)
-        converted = sum(result.status == "converted" for result in results)
-        failed = sum(result.status == "failed" for result in results)
-        print(f"{converted} of {len(results)} released checkpoints converted, {failed} failed.")
-        if failed or not converted:
-            raise SystemExit(1)
+        if not os.path.isdir(args.checkpoint):
+            parser.error(f"no such directory of released checkpoints: {args.checkpoint}")
         return
     if args.push_to_hub:
         parser.error("--push-to-hub is for --all; push a single model with segvit_hf.hub.push_to_hub.")
+    if not os.path.isfile(args.checkpoint):
+        parser.error(f"no such checkpoint file: {args.checkpoint}")
+    missing = [name for name in _ARCHITECTURE_FLAGS if getattr(args, name) is None]
+    if args.preset is None and missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        parser.error(f"without --preset, give {flags}: the checkpoint's tensors do not record them")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        parser.error(f"output_dir {args.output_dir} is a file, not a directory")
+
+
+def _convert_all(args: argparse.Namespace) -> int:
+    results = convert_released_checkpoints(args.checkpoint, args.output_dir, push_to_hub=args.push_to_hub)
+    converted = sum(result.status == "converted" for result in results)
+    failed = sum(result.status == "failed" for result in results)
+    print(f"{converted} of {len(results)} released checkpoints converted, {failed} failed.")
+    return 1 if failed or not converted else 0
+
+
+def _convert_one(args: argparse.Namespace) -> int:
     model = convert_official_checkpoint(
         args.checkpoint,
         num_attention_heads=args.num_attention_heads,
@@ -369,11 +405,8 @@ def main(argv: list[str] | None = None) -> None:
         shrink_index=args.shrink_index,
         preset=args.preset,
     )
-    from .image_processing_segvit import SegViTImageProcessor
-
     if args.preset is not None:
-        with_background = get_preset(args.preset).dataset == "pascal-context" and model.config.num_labels == 60
-        processor = SegViTImageProcessor.from_preset(args.preset, with_background=with_background)
+        processor = preset_image_processor(args.preset, model.config.num_labels)
     else:
         processor = SegViTImageProcessor(size={"shortest_edge": model.config.encoder_config.image_size})
         print("No --preset: the image processor uses ImageNet normalisation; ViT-L 'jax' models need [-1, 1] "
@@ -382,6 +415,15 @@ def main(argv: list[str] | None = None) -> None:
     processor.save_pretrained(args.output_dir)
     print(f"Wrote {type(model).__name__} ({model.config.num_labels} classes) and its image processor to "
           f"{args.output_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `segvit-convert` command (`python -m segvit_hf.conversion`); returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
+    return run_command(_convert_all if args.all else _convert_one, args, parser.prog)
 
 
 @dataclass
@@ -416,7 +458,6 @@ def convert_released_checkpoints(
     `huggingface_hub.HfApi` to use). One file's failure is reported and the others go on; a line per file is printed.
     """
     from .hub import model_card, push_folder_to_hub, save_pretrained_with_code
-    from .image_processing_segvit import SegViTImageProcessor
 
     source_dir, output_dir = Path(source_dir), Path(output_dir)
     if not source_dir.is_dir():
@@ -435,9 +476,7 @@ def convert_released_checkpoints(
             model = convert_official_checkpoint(path, preset=preset.name)
             destination = output_dir / f"segvit-{preset.name}"
             repo_id = f"{push_to_hub}/segvit-{preset.name}" if push_to_hub else None
-            with_background = preset.dataset == "pascal-context" and model.config.num_labels == 60
-            processor = SegViTImageProcessor.from_preset(preset.name, with_background=with_background)
-            save_pretrained_with_code(model, destination, processor)
+            save_pretrained_with_code(model, destination, preset_image_processor(preset.name, model.config.num_labels))
             model_card(
                 destination,
                 preset=preset.name,
@@ -461,4 +500,4 @@ def convert_released_checkpoints(
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

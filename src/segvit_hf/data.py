@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from .transforms import IGNORE_INDEX, Normalize, _check_pair
+from .image_processing_segvit import to_8bit_image
+from .transforms import IGNORE_INDEX, Normalize, check_pair
 
 TOY_CLASSES = ("sky", "grass", "water", "disc", "box", "triangle")
 TOY_ID2LABEL = dict(enumerate(TOY_CLASSES))
@@ -286,6 +287,9 @@ def load_folder_dataset(root: str | os.PathLike, layout: str = "ade20k"):
     `images/{training,validation}/*.jpg` with `annotations/{training,validation}/*.png` of the same name),
     `"cocostuff10k"` or `"pascal-context"` (mmseg's converted layouts). Whether labels need reducing is
     `FOLDER_LAYOUTS[layout].reduce_labels`.
+
+    Items come as PIL images, each decoded in full when accessed ([`open_folder_examples`]): a corrupt file, or a
+    label map whose size differs from its image's, raises an error that names the file.
     """
     import datasets
 
@@ -295,12 +299,43 @@ def load_folder_dataset(root: str | os.PathLike, layout: str = "ade20k"):
     if not root.is_dir():
         raise FileNotFoundError(f"Data set folder {root} does not exist.")
     layout_spec = FOLDER_LAYOUTS[layout]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+    # The files are opened by `open_folder_examples`, not by datasets' decoder, whose errors do not name the file.
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.Image(decode=False)})
     splits = {}
     for split in ("train", "validation"):
         images, labels = _split_files(root, layout_spec, split)
-        splits[split] = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        splits[split] = dataset.with_transform(open_folder_examples)
     return datasets.DatasetDict(splits)
+
+
+def _open_image_file(path: str) -> Image.Image:
+    """The image at `path`, decoded in full; an unreadable or corrupt file raises an `OSError` naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, ValueError) as error:  # PIL reports truncated and corrupt data as either
+        raise OSError(f"Cannot read {path}: {error}") from error
+
+
+def open_folder_examples(batch: dict[str, list]) -> dict[str, list]:
+    """
+    The `datasets` transform of [`load_folder_dataset`]: each `{"path": ...}` entry of the `"image"` and `"label"`
+    columns opened as a PIL image, every file named in the error when it cannot be read, and each label map checked
+    to have its image's size.
+    """
+    opened = {column: [_open_image_file(item["path"]) for item in items] for column, items in batch.items()}
+    if {"image", "label"} <= opened.keys():
+        pairs = zip(opened["image"], opened["label"], batch["image"], batch["label"])
+        for image, label, image_item, label_item in pairs:
+            if image.size != label.size:
+                raise ValueError(
+                    f"The label map {label_item['path']} is {label.width}x{label.height} pixels but its image "
+                    f"{image_item['path']} is {image.width}x{image.height}: each map must label its image pixel for "
+                    "pixel."
+                )
+    return opened
 
 
 @dataclass
@@ -351,7 +386,7 @@ def to_numpy_pair(image, label) -> tuple[np.ndarray, np.ndarray]:
     single-channel (modes "L", "P", "I", "I;16"): palette images give their indices, as class ids should be.
     """
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.asarray(to_8bit_image(image).convert("RGB"))
     if isinstance(label, Image.Image):
         if label.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
             raise ValueError(
@@ -361,10 +396,15 @@ def to_numpy_pair(image, label) -> tuple[np.ndarray, np.ndarray]:
     image, label = np.asarray(image), np.asarray(label)
     if image.dtype != np.uint8:
         raise TypeError(f"Images must be uint8 RGB, got dtype {image.dtype}.")
+    if label.ndim != 2:
+        raise ValueError(
+            f"Label maps must be single-channel (height, width) maps of class ids, got an array of shape {label.shape}"
+            + (": turn a colour-coded map into class ids first." if label.ndim == 3 else ".")
+        )
     if label.dtype.kind not in "iu":
         raise TypeError(f"Label maps must hold integer class ids, got dtype {label.dtype}.")
     label = label.astype(np.int64)
-    _check_pair(image, label)
+    check_pair(image, label)
     return image, label
 
 
@@ -579,6 +619,7 @@ __all__ = [
     "load_hub_dataset",
     "load_toy_dataset",
     "make_toy_sample",
+    "open_folder_examples",
     "reduce_label_map",
     "to_numpy_pair",
     "toy_model_config",

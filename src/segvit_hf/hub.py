@@ -8,6 +8,8 @@
   `model-index` with the mIoU), intended use, usage, architecture, evaluation protocol, training recipe and citation.
   Figures from the paper are marked as reported, figures measured with this package as measured.
 - [`push_to_hub`] and [`push_folder_to_hub`] upload such a checkpoint in one commit.
+- [`download_hub_file`] fetches one file through huggingface_hub and says plainly when it is neither in the local
+  cache nor reachable (offline mode, no connection).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 from .configuration_segvit import SegViTConfig, as_pair
 from .presets import get_preset
@@ -73,6 +76,36 @@ _TRAINING_SCHEDULES = {
     "cocostuff": (80_000, 0.02, 2.0),
     "pascal-context": (80_000, 0.03, 1.0),
 }
+
+
+class HubUnreachableError(OSError):
+    """A file is not in the local cache and cannot be downloaded: offline mode is on, or the Hub cannot be reached."""
+
+
+def download_hub_file(repo_id: str, filename: str, **hub_kwargs: Any) -> str:
+    """
+    `huggingface_hub.hf_hub_download(repo_id, filename, **hub_kwargs)`: the local path of the file, from the cache or
+    downloaded (`revision`, `cache_dir`, `token`, `local_files_only`, ... are passed on).
+
+    Raises:
+        HubUnreachableError: the file is not cached and cannot be fetched. huggingface_hub reports this as a
+            `LocalEntryNotFoundError`, which is also an `EntryNotFoundError` ("the repository has no such file"):
+            this tells the two apart.
+        huggingface_hub's own errors otherwise (`EntryNotFoundError`, `RepositoryNotFoundError`, ...).
+    """
+    try:
+        return hf_hub_download(repo_id, filename, **hub_kwargs)
+    except LocalEntryNotFoundError as error:
+        if constants.HF_HUB_OFFLINE:
+            why = "offline mode is on (HF_HUB_OFFLINE)"
+        elif hub_kwargs.get("local_files_only"):
+            why = "local_files_only=True"
+        else:
+            why = "the Hub cannot be reached"
+        raise HubUnreachableError(
+            f"{filename} of {repo_id!r} is not in the local Hugging Face cache and {why}: connect to the Hub once to "
+            "download it, or use a local directory."
+        ) from error
 
 
 def _module_file(cls: type) -> Path:
@@ -493,6 +526,8 @@ def push_to_hub(
 
 __all__ = [
     "REPORTED_MIOU",
+    "HubUnreachableError",
+    "download_hub_file",
     "model_card",
     "push_folder_to_hub",
     "push_to_hub",

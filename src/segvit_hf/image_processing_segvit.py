@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import PilBackend
@@ -46,6 +47,9 @@ MAX_BAND_ELEMENTS = 2**22
 
 _VALID_CHANNEL_COUNTS = (1, 3, 4)
 
+# Pillow modes of more than 8 bits per pixel: 16-bit, 32-bit integer and 32-bit float grayscale.
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
 
 class SegViTImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
@@ -73,22 +77,38 @@ def get_resize_output_size(height: int, width: int, size: SizeDict | dict) -> tu
       evaluation). Images are scaled up as well as down.
     - `{"shortest_edge": s}`: the short side becomes `s`, aspect kept.
     """
-    size = SizeDict(**dict(size)) if not isinstance(size, SizeDict) else size
-    if size.height and size.width and not (size.shortest_edge or size.longest_edge):
+    size = validate_size(size)
+    if size.height:
         return int(size.height), int(size.width)
-    if size.shortest_edge and not (size.height or size.width):
-        scale = size.shortest_edge / min(height, width)
-        if size.longest_edge:
-            scale = min(scale, size.longest_edge / max(height, width))
-        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
-    raise ValueError(
-        "`size` must be {'height': h, 'width': w}, {'shortest_edge': s} or {'shortest_edge': s, 'longest_edge': l}, "
-        f"got {dict(size)}."
-    )
+    scale = size.shortest_edge / min(height, width)
+    if size.longest_edge:
+        scale = min(scale, size.longest_edge / max(height, width))
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def validate_size(size: SizeDict | dict) -> SizeDict:
+    """
+    `size` as a `SizeDict`, checked: `{"height", "width"}`, `{"shortest_edge"}` or `{"shortest_edge",
+    "longest_edge"}`, every value a positive number. Raises a `ValueError` naming the size otherwise.
+    """
+    size = SizeDict(**dict(size)) if not isinstance(size, SizeDict) else size
+    given = {key: value for key, value in dict(size).items() if value is not None}
+    if set(given) not in ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"}):
+        raise ValueError(
+            "`size` must be {'height': h, 'width': w}, {'shortest_edge': s} or {'shortest_edge': s, 'longest_edge': "
+            f"l}}, got {given}."
+        )
+    if any(isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 for value in given.values()):
+        raise ValueError(f"Every value of `size` must be a positive number of pixels, got {given}.")
+    return size
 
 
 def _channel_layout(image: np.ndarray | torch.Tensor, input_data_format: ChannelDimension | str | None) -> str:
-    """'first' or 'last' for a 3-D array, checking that the channel axis holds 1, 3 or 4 channels."""
+    """
+    'first' or 'last' for a 3-D array, checking that the channel axis holds 1, 3 or 4 channels. When both ends could
+    be channels (`(1, 500, 3)`, `(4, 5, 3)`), channels-last wins unless only the first axis holds 3: an RGB last axis
+    is far likelier than an image 1 to 4 pixels high, and NumPy and PIL arrays are channels-last.
+    """
     if input_data_format is not None:
         layout = ChannelDimension(input_data_format)
         channels = image.shape[0] if layout == ChannelDimension.FIRST else image.shape[-1]
@@ -98,14 +118,47 @@ def _channel_layout(image: np.ndarray | torch.Tensor, input_data_format: Channel
                 f"of shape {tuple(image.shape)}, got {channels}."
             )
         return layout.value
-    if image.shape[0] in _VALID_CHANNEL_COUNTS:
+    first, last = image.shape[0] in _VALID_CHANNEL_COUNTS, image.shape[-1] in _VALID_CHANNEL_COUNTS
+    if first and last:
+        layout = ChannelDimension.FIRST if image.shape[0] == 3 and image.shape[-1] != 3 else ChannelDimension.LAST
+        logger.warning_once(
+            f"An image of shape {tuple(image.shape)} could be channels-first or channels-last; it is read as "
+            f"{layout.value}. Pass `input_data_format` to choose."
+        )
+        return layout.value
+    if first:
         return ChannelDimension.FIRST.value
-    if image.shape[-1] in _VALID_CHANNEL_COUNTS:
+    if last:
         return ChannelDimension.LAST.value
     raise ValueError(
         "Expected an image with 1 (grayscale), 3 (RGB) or 4 (RGBA) channels, as (height, width), (channels, height, "
         f"width) or (height, width, channels); got shape {tuple(image.shape)}."
     )
+
+
+def to_8bit_image(image: PIL.Image.Image) -> PIL.Image.Image:
+    """
+    A grayscale PIL image of more than 8 bits per pixel as an 8-bit one (mode "L"), scaled by its range, where
+    `Image.convert("RGB")` would clip every value above 255. 16-bit images (modes "I;16*") and 32-bit integer ones
+    (mode "I", as Pillow reads some 16-bit files) with values in [0, 65535] are divided by 257; 32-bit float ones
+    (mode "F") are multiplied by 255 when their values lie in [0, 1], and kept when they lie in [0, 255]. Other
+    ranges raise a `ValueError`; images of other modes are returned unchanged.
+    """
+    if image.mode not in _HIGH_BIT_DEPTH_MODES:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if np.isfinite(values).all() else (np.nan, np.nan)
+    if image.mode == "F":
+        scale = 255.0 if 0 <= low and high <= 1 else 1.0 if 0 <= low and high <= 255 else None
+    else:
+        scale = 1 / 257 if 0 <= low and high <= 65535 else None
+    if scale is None:
+        expected = "[0, 1] or [0, 255]" if image.mode == "F" else "[0, 65535] (16 bits)"
+        raise ValueError(
+            f"A mode {image.mode!r} image holds values in [{low}, {high}], outside {expected}: its brightness scale is "
+            "unknown. Convert it to an 8-bit image (or a uint8 array) first."
+        )
+    return PIL.Image.fromarray(np.round(values * scale).astype(np.uint8), mode="L")
 
 
 def get_image_size(image: ImageInput, input_data_format: ChannelDimension | str | None = None) -> tuple[int, int]:
@@ -185,6 +238,11 @@ def _label_map_to_numpy(label_map: Any, index: int) -> np.ndarray:
     elif not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
         raise TypeError(f"Segmentation map {index} must hold integer class ids, got dtype {array.dtype}.")
     return array.astype(np.int64)
+
+
+def _is_colour_array(array: Any) -> bool:
+    """Whether `array` is shaped like one `(H, W, 3)` RGB or `(H, W, 4)` RGBA image."""
+    return isinstance(array, (np.ndarray, torch.Tensor)) and array.ndim == 3 and array.shape[-1] in (3, 4)
 
 
 def _flatten_images(images: Any, expected_ndims: int) -> list:
@@ -655,8 +713,9 @@ class _SegViTImageProcessingMixin:
 
         Args:
             images (`ImageInput`):
-                One image or a list: PIL images, NumPy arrays or torch tensors, `(H, W)`, `(H, W, C)` or `(C, H, W)`,
-                grayscale, RGB or RGBA (converted to RGB), of any sizes.
+                One image or a list: PIL images, NumPy arrays or torch tensors, `(H, W)`, `(H, W, C)` or `(C, H, W)`
+                (channels-last when both could be channels), grayscale, RGB or RGBA (converted to RGB), of any sizes.
+                16-bit and float PIL images are scaled to 8 bits by their range ([`to_8bit_image`]).
             segmentation_maps (`ImageInput`, *optional*):
                 One `(H, W)` map of class ids per image, at its image's size. Resized with nearest neighbour, padded
                 with `ignore_index`, returned as int64 `labels`.
@@ -678,16 +737,27 @@ class _SegViTImageProcessingMixin:
                 raise type(error)(f"Image {index}: {error}") from None
         return images
 
+    def _standardize_kwargs(self, **kwargs) -> dict:
+        kwargs = super()._standardize_kwargs(**kwargs)
+        # Checked here, at construction and at every call: a negative edge would otherwise give a 1x1 input.
+        if kwargs.get("size") is not None:
+            validate_size(kwargs["size"])
+        return kwargs
+
     def process_image(self, image: ImageInput, *args, input_data_format=None, **kwargs):
-        """Converts one image to the backend's `(C, H, W)` format; `(H, W)` arrays are grayscale."""
+        """
+        Converts one image to the backend's `(C, H, W)` format; `(H, W)` arrays are grayscale, PIL images of more than
+        8 bits per pixel are scaled to 8 bits first ([`to_8bit_image`]).
+        """
         if isinstance(image, torch.Tensor) and self.backend == "pil":
             image = image.detach().cpu().numpy()
-        if not is_pil_image(image):
-            if image.ndim == 2:
-                image = image[:, :, None]
-                input_data_format = ChannelDimension.LAST
-            else:
-                input_data_format = ChannelDimension(_channel_layout(image, input_data_format))
+        if is_pil_image(image):
+            image = to_8bit_image(image)
+        elif image.ndim == 2:
+            image = image[:, :, None]
+            input_data_format = ChannelDimension.LAST
+        else:
+            input_data_format = ChannelDimension(_channel_layout(image, input_data_format))
         return super().process_image(image, *args, input_data_format=input_data_format, **kwargs)
 
     def _preprocess_image_like_inputs(
@@ -731,6 +801,12 @@ class _SegViTImageProcessingMixin:
         label_maps = None
         if segmentation_maps is not None:
             maps = _flatten_images(segmentation_maps, expected_ndims=2)
+            if len(maps) != len(images) and _is_colour_array(segmentation_maps):
+                raise ValueError(
+                    f"Got one array of shape {tuple(segmentation_maps.shape)} as segmentation maps, which reads as a "
+                    f"batch of {len(maps)} maps for {len(images)} images: a colour label map? Turn its colours into "
+                    "class ids first; SegViT needs one single-channel (height, width) map per image."
+                )
             if len(maps) != len(images):
                 raise ValueError(
                     f"Got {len(maps)} segmentation maps for {len(images)} images; pass one (height, width) map per "
@@ -982,4 +1058,6 @@ __all__ = [
     "resized_score_bands",
     "segmentation_label_maps",
     "segmentation_scores",
+    "to_8bit_image",
+    "validate_size",
 ]

@@ -30,6 +30,7 @@ from transformers import PreTrainedConfig, ViTModel
 from transformers.utils import logging
 
 from .configuration_segvit import SegViTConfig, as_pair
+from .hub import HubUnreachableError, download_hub_file
 from .modeling_segvit import SegViTForSemanticSegmentation, resize_position_embeddings
 
 logger = logging.get_logger(__name__)
@@ -347,15 +348,17 @@ def _build_config(config_or_preset, config_class, id2label, config_kwargs) -> Se
 
 
 def _local_or_hub_file(pretrained: str, filename: str, hub_kwargs: dict) -> str | None:
-    """Path of `filename` in the local directory `pretrained`, or downloaded from the Hub repo; None if absent."""
+    """
+    Path of `filename` in the local directory `pretrained`, or downloaded from the Hub repo; None if the directory or
+    repository has no such file. A file neither cached nor reachable raises a `HubUnreachableError`.
+    """
     if os.path.isdir(pretrained):
         path = os.path.join(pretrained, filename)
         return path if os.path.isfile(path) else None
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        return hf_hub_download(pretrained, filename, **hub_kwargs)
+        return download_hub_file(pretrained, filename, **hub_kwargs)
     except EntryNotFoundError:
         return None
 
@@ -389,7 +392,9 @@ def _read_encoder_source(pretrained: str, encoder_config, hub_kwargs: dict):
         return (*convert_timm_vit_state_dict(state_dict), "timm")
     try:
         config_path = _local_or_hub_file(pretrained, "config.json", hub_kwargs)
-    except Exception as error:  # offline, unknown repo, no access: all surface as different hub errors
+    except HubUnreachableError:
+        raise
+    except Exception as error:  # unknown repo, no access, invalid id: all surface as different hub errors
         raise OSError(
             f"{pretrained!r} is neither a local file or directory nor a reachable Hub repository: {error}"
         ) from error

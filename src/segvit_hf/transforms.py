@@ -29,7 +29,8 @@ from PIL import Image
 IGNORE_INDEX = 255
 
 
-def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
+def check_pair(image: np.ndarray, label: np.ndarray) -> None:
+    """Checks that `image` is a `(H, W, 3)` array and `label` a `(H, W)` array of the same height and width."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", type(image).__name__)
         raise ValueError(f"`image` must be a numpy array of shape (height, width, 3), got {shape}.")
@@ -111,7 +112,7 @@ class RandomResize:
         self.ratio_range = (float(low), float(high))
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         ratio = rng.uniform(*self.ratio_range) if self.ratio_range[0] < self.ratio_range[1] else self.ratio_range[0]
         target = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
         return resize_pair(image, label, rescale_size(*image.shape[:2], target))
@@ -146,7 +147,7 @@ class RandomCrop:
         return top, left, crop_height, crop_width
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         height, width = label.shape
         top, left, crop_height, crop_width = self._draw_box(height, width, rng)
         if self.cat_max_ratio < 1.0:
@@ -172,7 +173,7 @@ class RandomHorizontalFlip:
         self.prob = float(prob)
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         if rng.random() < self.prob:
             return image[:, ::-1], label[:, ::-1]
         return image, label
@@ -206,7 +207,7 @@ class PhotometricDistortion:
         return np.clip(image, 0, 255)
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         if image.dtype != np.uint8:
             raise TypeError(f"PhotometricDistortion expects a uint8 image (before Normalize), got {image.dtype}.")
         pixels = image.astype(np.float32)
@@ -247,7 +248,7 @@ class Normalize:
         self.std = np.asarray(std, dtype=np.float32) * 255.0
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         return (image.astype(np.float32) - self.mean) / self.std, label
 
     def __repr__(self) -> str:
@@ -266,7 +267,7 @@ class Pad:
         self.label_value = label_value
 
     def __call__(self, image, label, rng=None):
-        _check_pair(image, label)
+        check_pair(image, label)
         pad_bottom = max(self.size[0] - label.shape[0], 0)
         pad_right = max(self.size[1] - label.shape[1], 0)
         if not pad_bottom and not pad_right:
@@ -288,7 +289,7 @@ class ResizeToFit:
         self.scale = _as_size(scale, "scale")
 
     def __call__(self, image, label, rng=None):
-        _check_pair(image, label)
+        check_pair(image, label)
         return resize_pair(image, label, rescale_size(*image.shape[:2], self.scale))
 
     def __repr__(self) -> str:
@@ -350,6 +351,7 @@ __all__ = [
     "ResizeToFit",
     "build_eval_transforms",
     "build_train_transforms",
+    "check_pair",
     "rescale_size",
     "resize_pair",
 ]

@@ -207,7 +207,7 @@ def count_flops(
 
     >>> model = SegViTForSemanticSegmentation(SegViTConfig.from_preset("ade20k-vit-b"))
     >>> round(count_flops(model, 512, 512), 1)  # the paper: 120.9
-    120.7
+    120.8
     ```
     """
     analysis = flop_count_analysis(model, height, width, batch_size=batch_size, num_channels=num_channels)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_processing_segvit import _channel_layout, get_image_size
+from .image_processing_segvit import _channel_layout, get_image_size, to_8bit_image
 from .labels import default_palette
 from .modeling_segvit import SegViTSemanticSegmenterOutput, upsample_mask_logits
 
@@ -39,11 +39,13 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def to_rgb_array(image: Any) -> np.ndarray:
     """
-    A `(H, W, 3)` uint8 copy of an image: PIL (any mode, transparency onto white), or a NumPy array / torch tensor
-    `(H, W)`, `(H, W, C)` or `(C, H, W)` with 1, 3 or 4 channels, uint8 or floats in [0, 1].
+    A `(H, W, 3)` uint8 copy of an image: PIL (any mode, transparency onto white, 16-bit and float images scaled by
+    their range as the image processor does), or a NumPy array / torch tensor `(H, W)`, `(H, W, C)` or `(C, H, W)`
+    with 1, 3 or 4 channels, uint8 or floats in [0, 1].
     """
     get_image_size(image)
     if isinstance(image, Image.Image):
+        image = to_8bit_image(image)
         if "A" in image.getbands() or "transparency" in image.info:
             image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
         return np.array(image.convert("RGB"))
