@@ -192,7 +192,7 @@ def _checkpoint_directory(model: str) -> str:
 def _missing_file_message(model: str, what: str) -> str:
     return (
         f"{what} in {model}: --model needs a model and its image processor saved with save_pretrained, e.g. "
-        "SegViTImageProcessor.from_preset('ade20k-vit-b').save_pretrained(DIR)"
+        "get_preset('ade20k-vit-b').image_processor().save_pretrained(DIR)"
     )
 
 

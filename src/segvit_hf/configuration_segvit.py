@@ -6,7 +6,9 @@ from typing import Any
 
 from transformers import PreTrainedConfig, ViTConfig
 
-from .presets import get_preset
+# Label of pixels without a class (mmseg's convention): padding of label maps, what ADE20K-style label reduction maps
+# 0 to, and what the loss and the metrics skip.
+IGNORE_INDEX = 255
 
 # The official models are mmseg ViTs: LayerNorm eps 1e-6 (transformers' ViT default is 1e-12), exact GELU.
 _ENCODER_DEFAULTS = {
@@ -41,8 +43,8 @@ class SegViTConfig(PreTrainedConfig):
     Configuration of a [`SegViTModel`] / [`SegViTForSemanticSegmentation`]: a plain ViT encoder whose selected
     layers feed a cascade of Attention-to-Mask (ATM) decoder stages.
 
-    The defaults describe the paper's ADE20K ViT-B/16 model at 512x512. Use [`SegViTConfig.from_preset`] for any of
-    the seven released models.
+    The defaults describe the paper's ADE20K ViT-B/16 model at 512x512. `segvit_hf.get_preset(name).config()` gives
+    any of the seven released models.
 
     Args:
         encoder_config (`ViTConfig` or `dict`, *optional*):
@@ -94,9 +96,9 @@ class SegViTConfig(PreTrainedConfig):
     Example:
 
     ```python
-    >>> from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
+    >>> from segvit_hf import SegViTForSemanticSegmentation, get_preset
 
-    >>> config = SegViTConfig.from_preset("ade20k-vit-b")
+    >>> config = get_preset("ade20k-vit-b").config()
     >>> model = SegViTForSemanticSegmentation(config)
     ```
     """
@@ -119,7 +121,7 @@ class SegViTConfig(PreTrainedConfig):
         no_object_weight: float = 0.1,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         shrink_index: int | None = None,
         query_upsampling: bool = False,
         per_layer_outputs: bool = False,
@@ -212,46 +214,12 @@ class SegViTConfig(PreTrainedConfig):
         sizes = {f"encoder_config.{name}": getattr(encoder, name) for name in _POSITIVE_ENCODER_SIZES}
         sizes.update({name: getattr(self, name) for name in _POSITIVE_DECODER_SIZES})
         for name, value in sizes.items():
-            if min(as_pair(value)) < 1:
-                raise ValueError(f"`{name}` must be positive, got {value}.")
+            positive_pair(value, name)
 
     @property
     def num_stages(self) -> int:
         """Number of ATM stages: one per selected encoder layer, or a single one after query up-sampling."""
         return 1 if self.query_upsampling else len(self.out_indices)
-
-    @classmethod
-    def from_preset(cls, name: str, *, with_background: bool = False, **kwargs: Any) -> "SegViTConfig":
-        """
-        The configuration of one of the paper's released models.
-
-        Args:
-            name (`str`):
-                One of `segvit_hf.PRESETS`: `ade20k-vit-b`, `ade20k-vit-l`, `ade20k-vit-l-shrunk`,
-                `cocostuff10k-vit-l`, `cocostuff10k-vit-l-shrunk`, `pascal-context-vit-l`,
-                `pascal-context-vit-l-shrunk`.
-            with_background (`bool`, *optional*, defaults to `False`):
-                PASCAL-Context only: 60 labels (background first) instead of the released 59.
-            kwargs:
-                Overrides of any configuration attribute.
-        """
-        from .labels import id2label_for
-
-        preset = get_preset(name)
-        id2label = id2label_for(preset.dataset, with_background=with_background)
-        values: dict[str, Any] = {
-            "encoder_config": {**preset.encoder, "image_size": preset.crop_size},
-            "out_indices": list(preset.out_indices),
-            "decoder_hidden_size": preset.decoder_hidden_size,
-            "decoder_num_attention_heads": preset.decoder_num_attention_heads,
-            "drop_path_rate": preset.drop_path_rate,
-            "shrink_index": preset.shrink_index,
-            "query_upsampling": preset.shrink_index is not None,
-            "id2label": id2label,
-            "label2id": {label: i for i, label in id2label.items()},
-        }
-        values.update(kwargs)
-        return cls(**values)
 
 
 def as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -261,4 +229,14 @@ def as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return int(value), int(value)
 
 
-__all__ = ["SegViTConfig"]
+def positive_pair(value: int | list[int] | tuple[int, int], name: str) -> tuple[int, int]:
+    """[`as_pair`], checked: a `ValueError` naming `name` unless it is one size or a `(height, width)` pair, all positive."""
+    if isinstance(value, (list, tuple)) and len(value) != 2:
+        raise ValueError(f"`{name}` must be a size or a (height, width) pair, got {value}.")
+    pair = as_pair(value)
+    if min(pair) < 1:
+        raise ValueError(f"`{name}` must be positive, got {value}.")
+    return pair
+
+
+__all__ = ["IGNORE_INDEX", "SegViTConfig", "as_pair", "positive_pair"]

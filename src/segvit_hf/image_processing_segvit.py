@@ -30,16 +30,10 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, is_torchvision_available, logging
 
+from .configuration_segvit import IGNORE_INDEX, as_pair
 from .modeling_segvit import mask_cell_size
-from .presets import get_preset
 
 logger = logging.get_logger(__name__)
-
-# Test-time `img_scale` of the official configurations, as (longest edge, shortest edge) bounds: ADE20K and
-# COCO-Stuff rescale the short side to the crop with the long side at most 2048. PASCAL-Context's test resize is
-# "fit in 520x520" but with the official `min_size=480` option, which makes mmseg rescale the short side to 520 with
-# no bound on the long side.
-_TEST_SCALE_BY_DATASET = {"ade20k": (2048, None), "cocostuff": (2048, None), "pascal-context": (None, 520)}
 
 # Upper bound on the elements of one band of full-resolution masks or scores: post-processing works band by band of
 # rows so that no `(labels, height, width)` tensor at a photo's size ever exists.
@@ -80,9 +74,20 @@ def get_resize_output_size(height: int, width: int, size: SizeDict | dict) -> tu
     size = validate_size(size)
     if size.height:
         return int(size.height), int(size.width)
-    scale = size.shortest_edge / min(height, width)
-    if size.longest_edge:
-        scale = min(scale, size.longest_edge / max(height, width))
+    return keep_ratio_size(height, width, size.shortest_edge, size.longest_edge)
+
+
+def keep_ratio_size(
+    height: int, width: int, shortest_edge: float, longest_edge: float | None = None
+) -> tuple[int, int]:
+    """
+    mmcv's keep-ratio rescale (`imrescale`): the `(height, width)` with the input's aspect ratio at the largest scale
+    that brings the short side to at most `shortest_edge` and the long side to at most `longest_edge` (no bound when
+    `None`), rounding half up, at least one pixel. The official training augmentation and test resize both use it.
+    """
+    scale = shortest_edge / min(height, width)
+    if longest_edge:
+        scale = min(scale, longest_edge / max(height, width))
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
@@ -103,11 +108,14 @@ def validate_size(size: SizeDict | dict) -> SizeDict:
     return size
 
 
-def _channel_layout(image: np.ndarray | torch.Tensor, input_data_format: ChannelDimension | str | None) -> str:
+def infer_channel_layout(image: np.ndarray | torch.Tensor, input_data_format: ChannelDimension | str | None) -> str:
     """
-    'first' or 'last' for a 3-D array, checking that the channel axis holds 1, 3 or 4 channels. When both ends could
-    be channels (`(1, 500, 3)`, `(4, 5, 3)`), channels-last wins unless only the first axis holds 3: an RGB last axis
-    is far likelier than an image 1 to 4 pixels high, and NumPy and PIL arrays are channels-last.
+    'channels_first' or 'channels_last' for a 3-D array, checking that the channel axis holds 1, 3 or 4 channels.
+    When both ends could be channels (`(1, 500, 3)`, `(4, 5, 3)`), channels-last wins unless only the first axis holds
+    3: an RGB last axis is far likelier than an image 1 to 4 pixels high, and NumPy and PIL arrays are channels-last.
+
+    transformers' `infer_channel_dimension_format` picks channels-first in that case, does not check the channel
+    count of a given `input_data_format`, and its errors do not say which shapes are expected: hence this function.
     """
     if input_data_format is not None:
         layout = ChannelDimension(input_data_format)
@@ -166,6 +174,10 @@ def get_image_size(image: ImageInput, input_data_format: ChannelDimension | str 
     `(height, width)` of a PIL image, or of a NumPy array / torch tensor laid out as `(H, W)`, `(C, H, W)` or
     `(H, W, C)` with 1, 3 or 4 channels. Raises a `ValueError` for other shapes and for empty images, a `TypeError` for
     other types.
+
+    transformers' `get_image_size` reads any array without these checks (and cannot read `(H, W)` grayscale arrays);
+    the image processor validates every input image with this one, so users get an error naming the image and the
+    expected layouts instead of a failure deep inside resizing.
     """
     if is_pil_image(image):
         width, height = image.size
@@ -173,7 +185,7 @@ def get_image_size(image: ImageInput, input_data_format: ChannelDimension | str 
         if image.ndim == 2:
             height, width = image.shape
         elif image.ndim == 3:
-            layout = _channel_layout(image, input_data_format)
+            layout = infer_channel_layout(image, input_data_format)
             height, width = image.shape[1:] if layout == ChannelDimension.FIRST.value else image.shape[:2]
         else:
             raise ValueError(
@@ -205,8 +217,11 @@ def resize_label_map(label_map: np.ndarray, height: int, width: int) -> np.ndarr
     return label_map[np.ix_(rows, cols)]
 
 
-def reduce_labels(label_map: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """ADE20K's label reduction on an int64 map: 0 ("other") -> `ignore_index`, k -> k - 1, `ignore_index` kept."""
+def reduce_labels(label_map: np.ndarray | torch.Tensor, ignore_index: int = IGNORE_INDEX) -> np.ndarray | torch.Tensor:
+    """
+    ADE20K's label reduction on a signed integer map (NumPy array or torch tensor, returned as a new one of the same
+    kind): 0 ("other" / unlabelled) -> `ignore_index`, k -> k - 1, `ignore_index` kept.
+    """
     reduced = label_map - 1
     reduced[(label_map == 0) | (label_map == ignore_index)] = ignore_index
     return reduced
@@ -246,7 +261,13 @@ def _is_colour_array(array: Any) -> bool:
 
 
 def _flatten_images(images: Any, expected_ndims: int) -> list:
-    """One level of nesting removed; a single image or a stacked batch (one more dimension) becomes a list."""
+    """
+    One level of nesting removed; a single image or a stacked batch (one more dimension) becomes a list.
+
+    transformers' `make_flat_list_of_images` rejects `(H, W)` grayscale arrays, lists mixing images and lists of
+    images, and anything that is not an image with one message for the whole input; this keeps every item so that
+    [`get_image_size`] can name the one at fault.
+    """
     if isinstance(images, (list, tuple)):
         flat = []
         for item in images:
@@ -355,10 +376,15 @@ def segmentation_scores(
     Returns:
         `(batch, num_labels, height, width)` scores, in fp32 at least.
     """
-    patch = patch_size if isinstance(patch_size, (tuple, list)) else (patch_size, patch_size)
-    input_size = (int(input_size[0]), int(input_size[1]))
-    cell_size = mask_cell_size(masks_queries_logits.shape[-2:], input_size, patch)
+    input_size, cell_size = _input_cells(masks_queries_logits, input_size, patch_size)
     return _scores_in_region(class_queries_logits, masks_queries_logits, input_size, cell_size)
+
+
+def _input_cells(masks_queries_logits, input_size, patch_size) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The input's `(height, width)` and the pixels each cell of the mask grid covers there."""
+    patch = as_pair(patch_size)
+    input_size = (int(input_size[0]), int(input_size[1]))
+    return input_size, mask_cell_size(masks_queries_logits.shape[-2:], input_size, patch)
 
 
 def _scores_in_region(class_queries_logits, masks_queries_logits, size, cell_size) -> torch.Tensor:
@@ -381,9 +407,7 @@ def segmentation_label_maps(
     `segmentation_scores(...).argmax(1)`, the `(batch, height, width)` int64 label maps at the model input's size,
     computed band by band without the full-resolution scores.
     """
-    patch = patch_size if isinstance(patch_size, (tuple, list)) else (patch_size, patch_size)
-    input_size = (int(input_size[0]), int(input_size[1]))
-    cell_size = mask_cell_size(masks_queries_logits.shape[-2:], input_size, patch)
+    input_size, cell_size = _input_cells(masks_queries_logits, input_size, patch_size)
     return _label_maps_in_region(class_queries_logits, masks_queries_logits, input_size, cell_size)
 
 
@@ -677,30 +701,8 @@ class _SegViTImageProcessingMixin:
     do_convert_rgb = True
     do_pad = True
     do_reduce_labels = False
-    ignore_index = 255
+    ignore_index = IGNORE_INDEX
     patch_size = 16
-
-    @classmethod
-    def from_preset(cls, name: str, *, with_background: bool = False, **kwargs: Any):
-        """
-        The image processor of one of the paper's released models (`segvit_hf.PRESETS`): the official test-time
-        resizing (ADE20K, COCO-Stuff: short side to the crop, long side at most 2048; PASCAL-Context: short side to 520),
-        normalisation (ImageNet statistics for ViT-B, [-1, 1] for the ViT-L "jax" models) and label reduction of the
-        official dataset configurations. `kwargs` override any option.
-        """
-        preset = get_preset(name)
-        longest_edge, shortest_edge = _TEST_SCALE_BY_DATASET[preset.dataset]
-        values: dict[str, Any] = {
-            "size": {"shortest_edge": shortest_edge or preset.crop_size}
-            | ({"longest_edge": longest_edge} if longest_edge else {}),
-            "image_mean": list(preset.image_mean),
-            "image_std": list(preset.image_std),
-            # The official ADE20K and COCO-Stuff annotations use 0 for "unlabelled"; so does PASCAL-Context's
-            # background, which the released 59-class models do not predict.
-            "do_reduce_labels": not (preset.dataset == "pascal-context" and with_background),
-        }
-        values.update(kwargs)
-        return cls(**values)
 
     def preprocess(
         self,
@@ -757,7 +759,7 @@ class _SegViTImageProcessingMixin:
             image = image[:, :, None]
             input_data_format = ChannelDimension.LAST
         else:
-            input_data_format = ChannelDimension(_channel_layout(image, input_data_format))
+            input_data_format = ChannelDimension(infer_channel_layout(image, input_data_format))
         return super().process_image(image, *args, input_data_format=input_data_format, **kwargs)
 
     def _preprocess_image_like_inputs(
@@ -990,8 +992,8 @@ class SegViTImageProcessorPil(_SegViTImageProcessingMixin, PilBackend):
     SegViT image processor on PIL / NumPy.
 
     Resizes each image (by default the paper's test protocol: short side to 512, long side at most 2048, aspect kept;
-    [`~SegViTImageProcessorPil.from_preset`] sets a released model's values), rescales to [0, 1], normalises, and pads
-    images of different sizes at the bottom/right into one batch, recording the valid region in `pixel_mask`.
+    `segvit_hf.get_preset(name).image_processor()` gives a released model's values), rescales to [0, 1], normalises,
+    and pads images of different sizes at the bottom/right into one batch, recording the valid region in `pixel_mask`.
     Segmentation maps are resized with nearest neighbour, optionally reduced (`do_reduce_labels`), padded with
     `ignore_index`, and returned as int64 `labels`.
 
@@ -1014,9 +1016,9 @@ class SegViTImageProcessorPil(_SegViTImageProcessingMixin, PilBackend):
 
     ```python
     >>> from PIL import Image
-    >>> from segvit_hf import SegViTImageProcessor
+    >>> from segvit_hf import get_preset
 
-    >>> processor = SegViTImageProcessor.from_preset("ade20k-vit-b")
+    >>> processor = get_preset("ade20k-vit-b").image_processor()
     >>> inputs = processor(images=Image.new("RGB", (640, 480)), return_tensors="pt")
     >>> inputs["pixel_values"].shape
     torch.Size([1, 3, 512, 683])
@@ -1054,6 +1056,10 @@ __all__ = [
     "SegViTImageProcessorPil",
     "get_image_size",
     "get_resize_output_size",
+    "infer_channel_layout",
+    "keep_ratio_size",
+    "reduce_labels",
+    "resize_label_map",
     "resized_label_map",
     "resized_score_bands",
     "segmentation_label_maps",

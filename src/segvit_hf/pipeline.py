@@ -23,6 +23,14 @@ class SegViTImageSegmentationPipeline(ImageSegmentationPipeline):
     def _pads_its_batches(self) -> bool:
         return getattr(self.model.config, "model_type", None) == "segvit"
 
+    def check_model_type(self, supported_models: list[str] | dict) -> None:
+        # transformers' image-segmentation pipeline checks the model's class name against its own name tables, which
+        # `AutoModelForSemanticSegmentation.register` does not extend (it would log "not supported"). SegViT's class
+        # is added to the names checked here rather than written into transformers' module-level table.
+        if isinstance(supported_models, dict) and self._pads_its_batches():
+            supported_models = {**supported_models, "segvit": type(self.model).__name__}
+        super().check_model_type(supported_models)
+
     def preprocess(self, image, subtask=None, timeout=None):
         inputs = super().preprocess(image, subtask=subtask, timeout=timeout)
         if self._pads_its_batches():
