@@ -13,6 +13,9 @@ The official files live in the Hub repository `Akide/SegViTv1` under the names o
 `token` and offline mode apply), converts it with `segvit_hf.conversion`, and saves the converted model and image
 processor in huggingface_hub's assets cache, keyed by the commit of the downloaded file; later calls load that
 directory, offline too.
+
+[`convert_released_checkpoints`] converts (and optionally pushes) all released files found in a local directory, as
+`segvit-convert --all` does.
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import cached_assets_path
 
-from .conversion import convert_official_checkpoint, preset_image_processor
-from .hub import download_hub_file
+from .conversion import convert_official_checkpoint
+from .hub import download_hub_file, model_card, push_folder_to_hub, save_pretrained_with_code
 from .image_processing_segvit import SegViTImageProcessor
 from .modeling_segvit import SegViTForSemanticSegmentation
-from .presets import get_preset
+from .presets import PRESETS, get_preset
 
 RELEASED_REPO_ID = "Akide/SegViTv1"
 
@@ -95,7 +99,7 @@ def _convert_into(checkpoint: Path, name: str, destination: Path) -> None:
     try:
         model = convert_official_checkpoint(checkpoint, preset=name)
         model.save_pretrained(staging)
-        preset_image_processor(name, model.config.num_labels).save_pretrained(staging)
+        get_preset(name).image_processor_for(model.config.num_labels).save_pretrained(staging)
         try:
             staging.rename(destination)
         except OSError:
@@ -124,4 +128,81 @@ def load_released(
     return SegViTForSemanticSegmentation.from_pretrained(directory), SegViTImageProcessor.from_pretrained(directory)
 
 
-__all__ = ["RELEASED_REPO_ID", "download_released", "load_released"]
+@dataclass
+class ReleasedCheckpointConversion:
+    """
+    What `--all` did with one released file: `status` is `"converted"`, `"missing"` (not in the source directory)
+    or `"failed"` (with the error in `message`).
+    """
+
+    file_name: str
+    preset: str
+    status: str
+    output_dir: str | None = None
+    num_labels: int | None = None
+    repo_id: str | None = None
+    message: str = ""
+
+
+def convert_released_checkpoints(
+    source_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    push_to_hub: str | None = None,
+    api=None,
+) -> list[ReleasedCheckpointConversion]:
+    """
+    Converts each of the seven released checkpoints found in `source_dir` (recognised by the file names of the
+    release, `PRESETS[name].official_checkpoint`) into `output_dir/segvit-<preset>`: weights, configuration (class
+    count read from the tensors: PASCAL-Context files may hold 59 or 60 classes), the preset's image-processor
+    settings, a model card, and the model code so the directory loads with transformers alone. With `push_to_hub`
+    (an organisation or user name) each result is uploaded to `<push_to_hub>/segvit-<preset>` (`api`: the
+    `huggingface_hub.HfApi` to use). One file's failure is reported and the others go on; a line per file is printed.
+    """
+    source_dir, output_dir = Path(source_dir), Path(output_dir)
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"{source_dir} is not a directory of released checkpoints.")
+    results = []
+    for preset in PRESETS.values():
+        if preset.official_checkpoint is None:
+            continue
+        result = ReleasedCheckpointConversion(preset.official_checkpoint, preset.name, "missing")
+        results.append(result)
+        path = source_dir / preset.official_checkpoint
+        if not path.is_file():
+            print(f"{preset.official_checkpoint}: missing from {source_dir}")
+            continue
+        try:
+            model = convert_official_checkpoint(path, preset=preset.name)
+            destination = output_dir / f"segvit-{preset.name}"
+            repo_id = f"{push_to_hub}/segvit-{preset.name}" if push_to_hub else None
+            save_pretrained_with_code(model, destination, preset.image_processor_for(model.config.num_labels))
+            model_card(
+                destination,
+                preset=preset.name,
+                config=model.config,
+                model_id=repo_id,
+                num_parameters=model.num_parameters(),
+            )
+            result.output_dir, result.num_labels = str(destination), model.config.num_labels
+            del model
+            if repo_id is not None:
+                message = f"Convert {preset.official_checkpoint}"
+                push_folder_to_hub(destination, repo_id, commit_message=message, api=api)
+                result.repo_id = repo_id
+            result.status = "converted"
+            print(f"{preset.official_checkpoint}: {preset.name}, {result.num_labels} classes -> {destination}"
+                  + (f" -> {repo_id}" if repo_id else ""))
+        except Exception as error:  # one bad file must not stop the others; the error is reported and fails the run
+            result.status, result.message = "failed", f"{type(error).__name__}: {error}"
+            print(f"{preset.official_checkpoint}: FAILED ({result.message})")
+    return results
+
+
+__all__ = [
+    "RELEASED_REPO_ID",
+    "ReleasedCheckpointConversion",
+    "convert_released_checkpoints",
+    "download_released",
+    "load_released",
+]
