@@ -202,10 +202,10 @@ def count_flops(
     Example:
 
     ```python
-    >>> from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
-    >>> from segvit_hf.utils import count_flops
+    >>> from segvit_hf import SegViTForSemanticSegmentation, get_preset
+    >>> from segvit_hf.flops import count_flops
 
-    >>> model = SegViTForSemanticSegmentation(SegViTConfig.from_preset("ade20k-vit-b"))
+    >>> model = SegViTForSemanticSegmentation(get_preset("ade20k-vit-b").config())
     >>> round(count_flops(model, 512, 512), 1)  # the paper: 120.9
     120.8
     ```
