@@ -1,7 +1,7 @@
 """GFLOPs of every SegViT preset and of the paper's ViT-B ablations, beside the paper's figures.
 
 Counted as the paper counts them (fvcore, one multiply-add = 1, attention products included): see
-`segvit_hf.utils.count_flops`. One image at the training crop size, single scale, the full model (encoder, decoder
+`segvit_hf.flops.count_flops`. One image at the training crop size, single scale, the full model (encoder, decoder
 and the full-resolution class scores).
 
 The official tool counted the mmseg segmentor, whose test path ends with a bilinear resize of the class scores to
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from transformers.initialization import no_init_weights
 
-from segvit_hf import PRESETS, SegViTConfig, SegViTForSemanticSegmentation
-from segvit_hf.utils import flop_count_analysis
+from segvit_hf import PRESETS, SegViTConfig, SegViTForSemanticSegmentation, get_preset
+from segvit_hf.flops import flop_count_analysis
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Variant:
     overrides: dict = field(default_factory=dict)
 
     def config(self) -> SegViTConfig:
-        return SegViTConfig.from_preset(self.preset, **self.overrides)
+        return get_preset(self.preset).config(**self.overrides)
 
 
 # The paper's ViT-B ablations on ADE20K at 512 (Table 8), as configurations of the ade20k-vit-b preset.

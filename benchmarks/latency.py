@@ -50,7 +50,7 @@ from transformers import (
 )
 
 from flops import VIT_B_ABLATIONS  # this directory: the ablation configurations counted there
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor, SegViTModel
+from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor, SegViTModel, get_preset
 
 NUM_LABELS = 150  # ADE20K
 VIT_B = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
@@ -59,7 +59,7 @@ MEMORY_SIZE, MEMORY_BATCH_SIZE = 512, 2
 
 
 def segvit(preset: str, **overrides) -> Callable[[], torch.nn.Module]:
-    return lambda: SegViTForSemanticSegmentation(SegViTConfig.from_preset(preset, **overrides))
+    return lambda: SegViTForSemanticSegmentation(get_preset(preset).config(**overrides))
 
 
 def ablation(name: str) -> Callable[[], torch.nn.Module]:
@@ -68,7 +68,7 @@ def ablation(name: str) -> Callable[[], torch.nn.Module]:
 
 
 def vit_b_encoder() -> torch.nn.Module:
-    return SegViTModel(SegViTConfig.from_preset("ade20k-vit-b"))
+    return SegViTModel(get_preset("ade20k-vit-b").config())
 
 
 def dpt_vit_b(use_auxiliary_head: bool = False) -> torch.nn.Module:

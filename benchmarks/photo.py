@@ -6,7 +6,7 @@ size. Each model runs in a fresh process, so that its peak resident memory (Linu
 comes from this one run, ratios included.
 
 - SegViT small: 150 labels, a 6-layer ViT of width 96 (3 heads, patch 16, features of layers 2/4/6), a decoder of
-  width 96, and `SegViTImageProcessor.from_preset("ade20k-vit-b")` (short side to 512: a 512x683 input).
+  width 96, and `get_preset("ade20k-vit-b").image_processor()` (short side to 512: a 512x683 input).
 - SegViT ade20k-vit-b: the released ViT-B/16 architecture, same processor.
 - SegViT ade20k-vit-b, `segvit_hf.inference.predict(mode="slide")`: the paper's sliding-window protocol.
 - SegFormer-B0: `SegformerForSemanticSegmentation` (150 labels) and `SegformerImageProcessor()` (512x512 input).
@@ -55,21 +55,20 @@ def build(name: str):
         model = SegformerForSemanticSegmentation(SegformerConfig(num_labels=NUM_LABELS)).eval()
         processor = SegformerImageProcessor()
     else:
-        from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor
+        from segvit_hf import SegViTForSemanticSegmentation, get_preset
 
         if name == "SegViT small":
             encoder = {"hidden_size": 96, "num_hidden_layers": 6, "num_attention_heads": 3, "intermediate_size": 384}
-            config = SegViTConfig.from_preset(
-                "ade20k-vit-b",
+            config = get_preset("ade20k-vit-b").config(
                 encoder_config={**encoder, "image_size": 512},
                 out_indices=[1, 3, 5],
                 decoder_hidden_size=96,
                 decoder_num_attention_heads=3,
             )
         else:
-            config = SegViTConfig.from_preset("ade20k-vit-b")
+            config = get_preset("ade20k-vit-b").config()
         model = SegViTForSemanticSegmentation(config).eval()
-        processor = SegViTImageProcessor.from_preset("ade20k-vit-b")
+        processor = get_preset("ade20k-vit-b").image_processor()
 
     if name.endswith("slide"):
         from segvit_hf.inference import predict as predict_slide

@@ -38,19 +38,12 @@ from transformers.utils import logging as transformers_logging
 
 import segvit_hf
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
-from segvit_hf.data import (
-    TOY_CROP_SIZE,
-    TOY_PALETTE,
-    TOY_TRAIN_SCALE,
-    DatasetEpochCallback,
-    build_segmentation_datasets,
-    collate_segmentation,
-    load_dataset_source,
-    toy_model_config,
-)
+from segvit_hf.data import build_segmentation_datasets, collate_segmentation, load_dataset_source
 from segvit_hf.hub import model_card, save_pretrained_with_code
 from segvit_hf.metrics import evaluate_dataset, format_iou_table, results_to_json
 from segvit_hf.optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
+from segvit_hf.toy import TOY_CROP_SIZE, TOY_PALETTE, TOY_TRAIN_SCALE, toy_model_config
+from segvit_hf.training import DatasetEpochCallback
 from segvit_hf.visualize import draw_overlay
 
 # The toy images are normalised to [-1, 1].

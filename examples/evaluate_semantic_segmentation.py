@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
+from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor, get_preset
 from segvit_hf.data import load_dataset_source
 from segvit_hf.inference import MODES, TTA_SCALES
 from segvit_hf.metrics import evaluate_dataset, format_iou_table, results_to_json
@@ -73,7 +73,7 @@ def load_processor(args):
                 f"{args.model} has no preprocessor_config.json; pass --processor or --preset to say how to resize "
                 "and normalise the images."
             ) from None
-        return SegViTImageProcessor.from_preset(args.preset)
+        return get_preset(args.preset).image_processor()
 
 
 def main(argv=None) -> dict:
