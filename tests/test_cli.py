@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_modeling_segvit import SegViTModelTester
 
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
 from segvit_hf.cli import main
 from segvit_hf.console import CommandError
 from segvit_hf.inference import predict
+from segvit_testing import tiny_config
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("segvit-tiny")
     torch.manual_seed(0)
-    SegViTForSemanticSegmentation(SegViTModelTester().get_config()).save_pretrained(directory)
+    SegViTForSemanticSegmentation(tiny_config()).save_pretrained(directory)
     SegViTImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(directory)
     return directory
 

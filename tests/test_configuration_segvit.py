@@ -1,7 +1,7 @@
 import pytest
 from transformers import ViTConfig
 
-from segvit_hf import PRESETS, SegViTConfig
+from segvit_hf import PRESETS, SegViTConfig, get_preset
 from segvit_hf.labels import ADE20K_CLASSES
 
 
@@ -34,7 +34,7 @@ def test_partial_encoder_dict_keeps_official_defaults():
     ],
 )
 def test_presets(name, num_labels, depth, out_indices, crop):
-    config = SegViTConfig.from_preset(name)
+    config = get_preset(name).config()
     assert config.num_labels == num_labels
     assert config.encoder_config.num_hidden_layers == depth
     assert config.out_indices == out_indices
@@ -43,15 +43,15 @@ def test_presets(name, num_labels, depth, out_indices, crop):
 
 
 def test_preset_labels_and_background_option():
-    assert SegViTConfig.from_preset("ade20k-vit-b").id2label == dict(enumerate(ADE20K_CLASSES))
-    with_background = SegViTConfig.from_preset("pascal-context-vit-l", with_background=True)
+    assert get_preset("ade20k-vit-b").config().id2label == dict(enumerate(ADE20K_CLASSES))
+    with_background = get_preset("pascal-context-vit-l").config(with_background=True)
     assert with_background.num_labels == 60 and with_background.id2label[0] == "background"
     with pytest.raises(ValueError, match="background"):
-        SegViTConfig.from_preset("ade20k-vit-b", with_background=True)
+        get_preset("ade20k-vit-b").config(with_background=True)
 
 
 def test_preset_overrides():
-    config = SegViTConfig.from_preset("ade20k-vit-b", decoder_dropout=0.0)
+    config = get_preset("ade20k-vit-b").config(decoder_dropout=0.0)
     assert config.decoder_dropout == 0.0
 
 
@@ -62,7 +62,7 @@ def test_seven_presets_are_defined():
 
 def test_unknown_preset():
     with pytest.raises(ValueError, match="Unknown SegViT preset 'ade20k-vit-h'.*ade20k-vit-b"):
-        SegViTConfig.from_preset("ade20k-vit-h")
+        get_preset("ade20k-vit-h").config()
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_invalid_configurations_are_rejected(kwargs, message):
 
 
 def test_serialisation_round_trip(tmp_path):
-    config = SegViTConfig.from_preset("cocostuff10k-vit-l")
+    config = get_preset("cocostuff10k-vit-l").config()
     config.save_pretrained(tmp_path)
     loaded = SegViTConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
@@ -102,4 +102,4 @@ def test_serialisation_round_trip(tmp_path):
 
 @pytest.mark.parametrize("ignore_index", [255, -100, 150])
 def test_ignore_index_outside_the_class_ids_is_accepted(ignore_index):
-    assert SegViTConfig.from_preset("ade20k-vit-b", ignore_index=ignore_index).ignore_index == ignore_index
+    assert get_preset("ade20k-vit-b").config(ignore_index=ignore_index).ignore_index == ignore_index

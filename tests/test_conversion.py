@@ -14,10 +14,10 @@ from official_reference import (
     official_shrunk_forward,
 )
 from segvit_hf import SegViTForSemanticSegmentation
+from segvit_hf.conversion import CheckpointConversionError, convert_official_checkpoint
+from segvit_hf.conversion_cli import main
+from segvit_testing import TINY_OFFICIAL as TINY
 from segvit_testing import predict_scores
-from segvit_hf.conversion import CheckpointConversionError, convert_official_checkpoint, main
-
-TINY = dict(hidden_size=64, num_layers=4, num_heads=4, decoder_dim=32, decoder_num_heads=4, num_classes=7, crop=64)
 
 
 def _official_checkpoint(num_stages=3, seed=0, **overrides):

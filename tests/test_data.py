@@ -7,17 +7,15 @@ import torch
 from PIL import Image
 
 from segvit_hf.data import (
-    TOY_ID2LABEL,
     SegmentationDataset,
     collate_segmentation,
     load_dataset_source,
     load_folder_dataset,
     load_hub_dataset,
-    load_toy_dataset,
-    make_toy_sample,
-    reduce_label_map,
     to_numpy_pair,
 )
+from segvit_hf.image_processing_segvit import reduce_labels as reduce_label_map
+from segvit_hf.toy import TOY_ID2LABEL, load_toy_dataset, make_toy_sample
 from segvit_hf.transforms import build_train_transforms
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

@@ -10,15 +10,16 @@ import pytest
 import torch
 
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
-from segvit_hf.data import load_toy_dataset
 from segvit_hf.inference import predict
 from segvit_hf.metrics import StreamingMeanIoU
+from segvit_hf.toy import load_toy_dataset
+from segvit_testing import tiny_toy_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_toy_config):
+def tiny_checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_checkpoint")
     torch.manual_seed(0)
     config = tiny_toy_config()

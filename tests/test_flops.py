@@ -8,27 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
+from segvit_hf import SegViTForSemanticSegmentation
+from segvit_testing import tiny_config
 
 pytest.importorskip("fvcore")
 
-from segvit_hf.utils import count_flops, flop_count_analysis  # noqa: E402
+from segvit_hf.flops import count_flops, flop_count_analysis  # noqa: E402
 
 BATCH, HEADS, TOKENS, HEAD_DIM = 2, 4, 64, 8
 
 
-def tiny_config(**overrides) -> SegViTConfig:
-    values = dict(
-        encoder_config=dict(
-            hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=64
-        ),
-        out_indices=[1, 2, 3],
-        decoder_hidden_size=16,
-        decoder_num_attention_heads=4,
-        id2label={i: f"class_{i}" for i in range(5)},
-    )
-    values.update(overrides)
-    return SegViTConfig(**values)
 
 
 class ImageToTokens(nn.Module):

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_modeling_segvit import SegViTModelTester
 from transformers import AutoImageProcessor
 
 from segvit_hf import (
     SegViTForSemanticSegmentation,
     SegViTImageProcessor,
     SegViTImageProcessorPil,
+    get_preset,
     image_processing_segvit,
 )
 from segvit_hf.image_processing_segvit import (
@@ -24,6 +24,7 @@ from segvit_hf.image_processing_segvit import (
     segmentation_scores,
 )
 from segvit_hf.modeling_segvit import upsample_mask_logits
+from segvit_testing import tiny_config
 
 
 def random_rgb(height, width, seed=0):
@@ -39,7 +40,7 @@ def processor():
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return SegViTForSemanticSegmentation(SegViTModelTester().get_config()).eval()
+    return SegViTForSemanticSegmentation(tiny_config()).eval()
 
 
 def test_default_processor_is_the_pil_backend_without_torchvision():
@@ -75,21 +76,21 @@ def test_save_and_load_round_trip(tmp_path, processor):
         ("pascal-context-vit-l", {"shortest_edge": 520}, (0.5, 0.5, 0.5), True),
     ],
 )
-def test_from_preset_uses_the_official_test_protocol(preset, size, mean, reduce):
-    processor = SegViTImageProcessor.from_preset(preset)
+def test_preset_image_processor_uses_the_official_test_protocol(preset, size, mean, reduce):
+    processor = get_preset(preset).image_processor()
     assert dict(processor.size) == size
     assert tuple(processor.image_mean) == mean
     assert processor.do_reduce_labels is reduce
 
 
-def test_from_preset_options():
-    assert SegViTImageProcessor.from_preset("pascal-context-vit-l", with_background=True).do_reduce_labels is False
-    assert dict(SegViTImageProcessor.from_preset("ade20k-vit-b", size={"height": 512, "width": 512}).size) == {
+def test_preset_image_processor_options():
+    assert get_preset("pascal-context-vit-l").image_processor(with_background=True).do_reduce_labels is False
+    assert dict(get_preset("ade20k-vit-b").image_processor(size={"height": 512, "width": 512}).size) == {
         "height": 512,
         "width": 512,
     }
     with pytest.raises(ValueError, match="Unknown SegViT preset"):
-        SegViTImageProcessor.from_preset("ade20k-vit-h")
+        get_preset("ade20k-vit-h").image_processor()
 
 
 @pytest.mark.parametrize(

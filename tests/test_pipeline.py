@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_modeling_segvit import SegViTModelTester
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
+from segvit_testing import tiny_config
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("segvit-tiny")
     torch.manual_seed(0)
-    model = SegViTForSemanticSegmentation(SegViTModelTester().get_config())
+    model = SegViTForSemanticSegmentation(tiny_config())
     model.save_pretrained(directory)
     SegViTImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(directory)
     return directory

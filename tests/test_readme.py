@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from segvit_hf import SegViTImageProcessor, SegViTForSemanticSegmentation
-from test_modeling_segvit import SegViTModelTester
+from segvit_testing import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -20,7 +20,7 @@ def test_three_line_inference(tmp_path):
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert len(snippet.strip().splitlines()) == 3
 
-    SegViTForSemanticSegmentation(SegViTModelTester().get_config()).save_pretrained(tmp_path)
+    SegViTForSemanticSegmentation(tiny_config()).save_pretrained(tmp_path)
     SegViTImageProcessor(size={"shortest_edge": 64}).save_pretrained(tmp_path)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
     namespace = {"CKPT": str(tmp_path), "image": image}

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_modeling_segvit import SegViTModelTester
 
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
 from segvit_hf.labels import ADE20K_PALETTE, default_palette
 from segvit_hf.visualize import colorize, draw_mask_grid, draw_overlay, to_rgb_array
+from segvit_testing import tiny_config
 
 
 def test_colorize_uses_the_ade20k_palette_and_paints_ignored_pixels_black():
@@ -79,7 +79,7 @@ def test_overlay_errors():
 
 def test_mask_grid_shows_the_top_k_classes(tmp_path):
     torch.manual_seed(0)
-    model = SegViTForSemanticSegmentation(SegViTModelTester().get_config()).eval()
+    model = SegViTForSemanticSegmentation(tiny_config()).eval()
     processor = SegViTImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 72, 3), dtype=np.uint8))
     with torch.no_grad():
