@@ -4,7 +4,7 @@ official full-resolution scores of a forward pass."""
 from segvit_hf import SegViTConfig
 from segvit_hf.configuration_segvit import as_pair
 from segvit_hf.image_processing_segvit import segmentation_scores
-from segvit_hf.toy import TOY_ID2LABEL
+from segvit_hf.toy import toy_model_config
 
 # The tiny ViT encoder of the tests: 4 layers of width 32 with 4 heads, 16-pixel patches, a 64-pixel crop.
 TINY_ENCODER = {
@@ -14,6 +14,8 @@ TINY_ENCODER = {
     "intermediate_size": 64,
     "image_size": 64,
 }
+# Its decoder: features of layers 1, 2 and 3, ATM layers of width 16 with 4 heads.
+TINY_DECODER = {"out_indices": [1, 2, 3], "decoder_hidden_size": 16, "decoder_num_attention_heads": 4}
 
 
 def tiny_config(*, encoder=None, num_labels=5, **overrides) -> SegViTConfig:
@@ -24,9 +26,7 @@ def tiny_config(*, encoder=None, num_labels=5, **overrides) -> SegViTConfig:
     """
     values = {
         "encoder_config": {**TINY_ENCODER, **(encoder or {})},
-        "out_indices": [1, 2, 3],
-        "decoder_hidden_size": 16,
-        "decoder_num_attention_heads": 4,
+        **TINY_DECODER,
         "id2label": {i: f"class_{i}" for i in range(num_labels)},
     }
     values.update(overrides)
@@ -34,18 +34,16 @@ def tiny_config(*, encoder=None, num_labels=5, **overrides) -> SegViTConfig:
 
 
 def tiny_toy_config(**overrides) -> SegViTConfig:
-    """[`tiny_config`] for the toy data set: 2 layers, 8-pixel patches, a 32-pixel crop, one ATM layer per stage, no
-    stochastic depth, and the toy classes."""
+    """The toy set's model (`toy_model_config`: its classes, no stochastic depth) at the tiny sizes: 2 layers,
+    8-pixel patches, a 32-pixel crop, features of layers 0 and 1, one ATM layer per stage."""
     values = {
-        "encoder": {"num_hidden_layers": 2, "image_size": 32, "patch_size": 8},
+        "encoder_config": {**TINY_ENCODER, "num_hidden_layers": 2, "image_size": 32, "patch_size": 8},
+        **TINY_DECODER,
         "out_indices": [0, 1],
         "decoder_layers_per_stage": 1,
-        "drop_path_rate": 0.0,
-        "id2label": dict(TOY_ID2LABEL),
-        "label2id": {name: i for i, name in TOY_ID2LABEL.items()},
     }
     values.update(overrides)
-    return tiny_config(**values)
+    return toy_model_config(**values)
 
 
 # The tiny model in the official checkpoint layout (arguments of `official_reference.make_random_official_*`).
