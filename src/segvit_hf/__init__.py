@@ -28,7 +28,7 @@ AutoImageProcessor.register(SegViTConfig, image_processor_classes=IMAGE_PROCESSO
 MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(SegViTConfig.model_type, SegViTForSemanticSegmentation.__name__)
 register_pipeline()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PRESETS",
