@@ -5,8 +5,10 @@ batches of 8 to `StreamingMeanIoU.update`, against `evaluate`'s `mean_iou` on th
 `torch.bincount` calls over the same pixels as the floor. Interleaved rounds, median; one and two torch threads.
 
 `evaluate.load("mean_iou")` downloads the metric script from the Hub the first time. Where it cannot (offline, as on
-the machine the docs' figures come from), the script falls back to a restatement of that module's computation (per
-image, histograms of the intersection, prediction and reference areas, summed over images) and says so.
+the machine the docs' figures come from), the script runs the same inputs through `evaluate`'s own machinery (a
+metric module with `mean_iou`'s input features, so the maps are stored in Arrow as `evaluate` stores them) around a
+restatement of that module's computation (per image, histograms of the intersection, prediction and reference areas,
+summed over images), and says so.
 
 Usage:
 
@@ -16,7 +18,9 @@ Usage:
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,17 +30,42 @@ from segvit_hf.metrics import StreamingMeanIoU
 NUM_LABELS, IGNORE_INDEX, NUM_MAPS, SIZE, BATCH = 150, 255, 64, 512, 8
 
 
-def evaluate_mean_iou():
-    """`evaluate`'s `mean_iou` compute function, or its restatement when the module cannot be loaded."""
-    try:
-        import evaluate
+RESTATED_MODULE = """
+import datasets
+import evaluate
+import numpy as np
 
-        metric = evaluate.load("mean_iou")
-        return "evaluate mean_iou", lambda predictions, references: metric.compute(
-            predictions=predictions, references=references, num_labels=NUM_LABELS, ignore_index=IGNORE_INDEX
+from segvit_benchmark_metrics import histogram_mean_iou
+
+
+class RestatedMeanIou(evaluate.Metric):
+    def _info(self):
+        maps = datasets.Sequence(datasets.Sequence(datasets.Value("uint16")))
+        return evaluate.MetricInfo(
+            description="", citation="", features=datasets.Features({"predictions": maps, "references": maps})
         )
+
+    def _compute(self, predictions, references, num_labels, ignore_index):
+        return {"mean_iou": histogram_mean_iou([np.asarray(p) for p in predictions], [np.asarray(r) for r in references])}
+"""
+
+
+def evaluate_mean_iou():
+    """`evaluate`'s `mean_iou`, or its computation restated inside `evaluate`'s machinery when it cannot be loaded."""
+    import evaluate
+
+    try:
+        metric, name = evaluate.load("mean_iou"), "evaluate mean_iou"
     except Exception:  # offline: the Hub script cannot be fetched
-        return "evaluate mean_iou (restated: offline)", histogram_mean_iou
+        import sys
+
+        sys.modules["segvit_benchmark_metrics"] = sys.modules[__name__]
+        module = Path(tempfile.mkdtemp()) / "restated_mean_iou.py"
+        module.write_text(RESTATED_MODULE)
+        metric, name = evaluate.load(str(module)), "evaluate mean_iou (restated: offline)"
+    return name, lambda predictions, references: metric.compute(
+        predictions=predictions, references=references, num_labels=NUM_LABELS, ignore_index=IGNORE_INDEX
+    )
 
 
 def histogram_mean_iou(predictions, references):
@@ -66,10 +95,11 @@ def main() -> None:
             metric.update(prediction_tensor[start : start + BATCH], reference_tensor[start : start + BATCH])
         return metric.compute()["mean_iou"]
 
+    codes = (reference_tensor.clamp(max=NUM_LABELS - 1) * NUM_LABELS + prediction_tensor).flatten(1)
+
     def bincounts():
-        codes = reference_tensor.clamp(max=NUM_LABELS - 1) * NUM_LABELS + prediction_tensor
         for code_map in codes:
-            torch.bincount(code_map.flatten(), minlength=NUM_LABELS**2)
+            torch.bincount(code_map, minlength=NUM_LABELS**2)
 
     runs = {
         "StreamingMeanIoU.update + compute": streaming,

@@ -153,7 +153,7 @@ LIBRARY_CHECK = textwrap.dedent(
     model, processor = load_released("ade20k-vit-b", token="hf_local_test")
     pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.save(model(pixel_values=pixel_values).logits, sys.argv[1])
+        torch.save(model(pixel_values=pixel_values).masks_queries_logits, sys.argv[1])
     print(json.dumps({
         "directory": str(download_released("ade20k-vit-b")),
         "directory_v2": str(download_released("ade20k-vit-b", revision="v2")),
@@ -201,7 +201,9 @@ def test_load_released_downloads_converts_and_caches(hub, tmp_path):
     expected = convert_official_checkpoint(tmp_path / "main.pth", preset="ade20k-vit-b")
     pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected(pixel_values=pixel_values).logits)
+        torch.testing.assert_close(
+            torch.load(tmp_path / "logits.pt"), expected(pixel_values=pixel_values).masks_queries_logits
+        )
     assert report["training"] is False
     assert report["size"] == {"shortest_edge": 512, "longest_edge": 2048} and report["reduce_labels"] is True
     assert report["segments"] and report["mask_size"] == [60, 40]

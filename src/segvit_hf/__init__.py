@@ -27,7 +27,7 @@ AutoImageProcessor.register(SegViTConfig, image_processor_classes=IMAGE_PROCESSO
 # also accepts the registered SegViT classes, which transformers' own class-name check does not know.
 register_pipeline()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PRESETS",
