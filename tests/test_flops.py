@@ -129,6 +129,6 @@ def test_the_documented_figures_of_ade20k_vit_b_are_what_the_code_counts():
     benchmarks = (repo / "docs" / "benchmarks.md").read_text()
     assert flops["table_row"](variant, ours) in benchmarks
     assert re.search(r"count_flops\(model, 512, 512\) +# ([\d.]+)", benchmarks).group(1) == f"{ours:.2f}"
-    docstring = (repo / "src" / "segvit_hf" / "utils.py").read_text()
+    docstring = (repo / "src" / "segvit_hf" / "flops.py").read_text()
     example = re.search(r">>> round\(count_flops\(model, 512, 512\), 1\).*\n +([\d.]+)", docstring)
     assert example.group(1) == f"{ours:.1f}"
