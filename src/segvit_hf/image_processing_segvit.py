@@ -495,8 +495,9 @@ class _MaskBounds:
         row_low, row_high = rows.low[y] * self.grid_w, rows.high[y] * self.grid_w
         col_low, col_high = cols.low[x], cols.high[x]
         col_low_weight, col_high_weight = cols.low_weight[x, None], cols.high_weight[x, None]
-        upper = col_low_weight * self.cell_masks[row_low + col_low] + col_high_weight * self.cell_masks[row_low + col_high]
-        lower = col_low_weight * self.cell_masks[row_high + col_low] + col_high_weight * self.cell_masks[row_high + col_high]
+        masks = self.cell_masks
+        upper = col_low_weight * masks[row_low + col_low] + col_high_weight * masks[row_low + col_high]
+        lower = col_low_weight * masks[row_high + col_low] + col_high_weight * masks[row_high + col_high]
         return rows.low_weight[y, None] * upper + rows.high_weight[y, None] * lower
 
     def label_map(self, class_probabilities: torch.Tensor, dense) -> torch.Tensor:
@@ -575,7 +576,8 @@ def resized_score_bands(scores: torch.Tensor, size: tuple[int, int], max_band_el
         source = source[0]
         low_weight = rows_low_weight[top:bottom, None]
         high_weight = rows_high_weight[top:bottom, None]
-        band = low_weight * source[:, rows_low[top:bottom] - first] + high_weight * source[:, rows_high[top:bottom] - first]
+        band = low_weight * source[:, rows_low[top:bottom] - first]
+        band = band + high_weight * source[:, rows_high[top:bottom] - first]
         yield top, bottom, band
 
 
@@ -911,7 +913,8 @@ class _SegViTImageProcessingMixin:
             pixel_mask = outputs.get("pixel_mask")
         if target_sizes is not None:
             target_sizes = _as_target_sizes(target_sizes, batch_size)
-        valid_sizes, cell_size = self.image_regions(masks_queries_logits.shape[-2:], batch_size, target_sizes, pixel_mask)
+        grid = masks_queries_logits.shape[-2:]
+        valid_sizes, cell_size = self.image_regions(grid, batch_size, target_sizes, pixel_mask)
         target_sizes = target_sizes or valid_sizes
 
         results = []

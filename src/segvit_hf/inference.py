@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_utils import SizeDict
 
@@ -236,7 +235,9 @@ def _combine_augmentations(augmented_scores: list[torch.Tensor], size: tuple[int
             full_scores[:, top:bottom] = band.cpu()
     if not return_scores:
         return segmentation
-    return SemanticSegmentationPostProcessorOutput(data={"segmentation": segmentation, "segmentation_scores": full_scores})
+    return SemanticSegmentationPostProcessorOutput(
+        data={"segmentation": segmentation, "segmentation_scores": full_scores}
+    )
 
 
 __all__ = [
