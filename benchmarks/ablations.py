@@ -38,19 +38,12 @@ from torch.utils.data import DataLoader
 from transformers import Dinov2Config, SwinConfig
 from transformers.utils import logging as transformers_logging
 
-from flops import PredictionAtInputSize
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
-from segvit_hf.data import (
-    TOY_CROP_SIZE,
-    TOY_TRAIN_SCALE,
-    build_segmentation_datasets,
-    collate_segmentation,
-    load_dataset_source,
-    toy_model_config,
-)
+from segvit_hf.data import build_segmentation_datasets, collate_segmentation, load_dataset_source
 from segvit_hf.metrics import evaluate_dataset
 from segvit_hf.optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
-from segvit_hf.utils import flop_count_analysis
+from segvit_hf.flops import count_flops
+from segvit_hf.toy import TOY_CROP_SIZE, TOY_TRAIN_SCALE, toy_model_config
 
 # The toy images are normalised to [-1, 1], as in examples/demo.py.
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
@@ -131,11 +124,8 @@ def build_model(variant: Variant, seed: int) -> SegViTForSemanticSegmentation:
 
 
 def toy_gflops(model: SegViTForSemanticSegmentation) -> float:
-    per_pixel = model.config.decoder_type == "setr"
-    analysis = flop_count_analysis(
-        PredictionAtInputSize(model, per_pixel_logits=per_pixel), TOY_CROP_SIZE, TOY_CROP_SIZE, num_channels=3
-    )
-    return analysis.total() / 1e9
+    """Counted as the paper counts: the forward pass and the test output at the input size (`count_flops`)."""
+    return count_flops(model, TOY_CROP_SIZE, TOY_CROP_SIZE, num_channels=3)
 
 
 def train(model, train_dataset, args) -> None:

@@ -2,10 +2,10 @@
 Mask2Former on Swin-T, beside the paper's figures.
 
 Counted as the paper counts them (fvcore, one multiply-add = 1, attention products included): see
-`segvit_hf.utils.count_flops`. One image at the training crop size, single scale, the full model (encoder, decoder)
+`segvit_hf.flops.count_flops`. One image at the training crop size, single scale, the full model (encoder, decoder)
 and its test output at the input size: the ATM scores (the official head's `pred`: mask logits resized to the input,
-sigmoid, class mix), the SETR baseline's class logits resized to the input, and for MaskFormer / Mask2Former the
-same class mix of their 100 queries' masks.
+sigmoid, class mix) and the SETR baseline's class logits resized to the input, both added by `count_flops` itself,
+and for MaskFormer / Mask2Former the same class mix of their 100 queries' masks, added here.
 
 The official tool counted the mmseg segmentor, whose test path ends with a bilinear resize of the class scores to
 the input size, a no-op at the crop size that fvcore still counts (4 FLOPs per output value: 4 * labels * H * W).
@@ -39,9 +39,9 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 
-from segvit_hf import PRESETS, SegViTConfig, SegViTForSemanticSegmentation
+from segvit_hf import PRESETS, SegViTConfig, SegViTForSemanticSegmentation, get_preset
+from segvit_hf.flops import flop_count_analysis
 from segvit_hf.labels import id2label_for
-from segvit_hf.utils import flop_count_analysis
 
 # Swin-T as in the paper's Table 6 (and the MaskFormer / Mask2Former papers): ImageNet-1k Swin-T, window 7.
 SWIN_TINY = dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, drop_path_rate=0.3)
@@ -71,7 +71,7 @@ class Variant:
     def config(self) -> SegViTConfig:
         if self.preset is None:
             return SegViTConfig(id2label=id2label_for("ade20k"), **self.overrides)
-        return SegViTConfig.from_preset(self.preset, **self.overrides)
+        return get_preset(self.preset).config(**self.overrides)
 
     @property
     def crop_size(self) -> int:
@@ -134,27 +134,22 @@ VARIANTS = (
 )
 
 
-class PredictionAtInputSize(nn.Module):
+class SemanticInference(nn.Module):
     """
-    A segmentation model followed by its test output at the input size, which the papers' counts include.
-
-    With `per_pixel_logits` the masks are already class logits (the SETR baseline): they are resized, as mmseg does
-    before the argmax. Otherwise each query's mask is resized and its sigmoid mixed over the classes by the query's
-    class probabilities ("no object" dropped): the ATM head's `pred`, and MaskFormer / Mask2Former semantic inference.
+    MaskFormer or Mask2Former followed by its semantic inference at the input size, which the papers' counts include:
+    each query's mask resized to the input, its sigmoid mixed over the classes by the query's class probabilities
+    ("no object" dropped). (`count_flops` adds the same for SegViT.)
     """
 
-    def __init__(self, model: nn.Module, per_pixel_logits: bool = False):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.per_pixel_logits = per_pixel_logits
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         outputs = self.model(pixel_values)
         masks = F.interpolate(
             outputs.masks_queries_logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
         )
-        if self.per_pixel_logits:
-            return masks
         class_probabilities = outputs.class_queries_logits.softmax(dim=-1)[..., :-1]
         return torch.einsum("bqc,bqhw->bchw", class_probabilities, masks.sigmoid())
 
@@ -172,10 +167,8 @@ def build_model(variant: Variant) -> nn.Module:
             config = Mask2FormerConfig(backbone_config=swin_stages, id2label=id2label)
             model = Mask2FormerForUniversalSegmentation(config)
         else:
-            config = variant.config()
-            model = SegViTForSemanticSegmentation(config)
-    per_pixel = variant.family == "segvit" and config.decoder_type == "setr"
-    return PredictionAtInputSize(model, per_pixel_logits=per_pixel)
+            return SegViTForSemanticSegmentation(variant.config())
+    return SemanticInference(model)
 
 
 def output_resize_gflops(num_labels: int, height: int, width: int) -> float:
@@ -205,7 +198,7 @@ def main() -> None:
     for variant in variants:
         size = variant.crop_size
         model = build_model(variant)
-        num_labels = model.model.config.num_labels
+        num_labels = (model.model if isinstance(model, SemanticInference) else model).config.num_labels
         analysis = flop_count_analysis(model, size, size, num_channels=3)
         del model
         ours = analysis.total() / 1e9

@@ -30,18 +30,13 @@ import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, get_preset
-from segvit_hf.data import (
-    TOY_CROP_SIZE,
-    TOY_TRAIN_SCALE,
-    DatasetEpochCallback,
-    build_segmentation_datasets,
-    collate_segmentation,
-    load_dataset_source,
-    toy_model_config,
-)
+from segvit_hf.data import build_segmentation_datasets, collate_segmentation, load_dataset_source
 from segvit_hf.metrics import SemanticSegmentationMetrics, logits_to_label_maps
 from segvit_hf.optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
 from segvit_hf.presets import IMAGENET_MEAN, IMAGENET_STD
+from segvit_hf.pretrained import segvit_from_vit_pretrained
+from segvit_hf.toy import TOY_CROP_SIZE, TOY_TRAIN_SCALE, toy_model_config
+from segvit_hf.training import DatasetEpochCallback
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +117,7 @@ def _build_model(model_args: ModelArguments, data_source) -> tuple[SegViTForSema
     if model_args.config_name:
         config = SegViTConfig.from_pretrained(model_args.config_name, **label_kwargs)
     elif model_args.preset:
-        config = SegViTConfig.from_preset(model_args.preset, **label_kwargs)
+        config = get_preset(model_args.preset).config(**label_kwargs)
     elif data_source.id2label is not None:
         config = toy_model_config(**label_kwargs)
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -130,7 +125,7 @@ def _build_model(model_args: ModelArguments, data_source) -> tuple[SegViTForSema
         raise ValueError("Pass --preset, --config_name or --model_name_or_path for this data set.")
     if model_args.vit_checkpoint:
         # Encoder from the ViT (CLS token dropped, position table resized to the crop); decoder freshly initialised.
-        model = SegViTForSemanticSegmentation.from_vit_pretrained(model_args.vit_checkpoint, config)
+        model = segvit_from_vit_pretrained(model_args.vit_checkpoint, config)
         model.train()
     else:
         model = SegViTForSemanticSegmentation(config)
@@ -304,7 +299,7 @@ def save_processor(
         "patch_size": config.output_stride,
     }
     if preset:
-        processor = SegViTImageProcessor.from_preset(preset, **options)
+        processor = get_preset(preset).image_processor(**options)
     else:
         longest_edge = max(train_scale) if train_scale else 2048
         processor = SegViTImageProcessor(size={"shortest_edge": crop_size, "longest_edge": longest_edge}, **options)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTModel
+from segvit_hf import SegViTForSemanticSegmentation, SegViTModel, get_preset
 from segvit_testing import scores_of
 from segvit_hf.modeling_segvit import downsample_token_grid
 from test_modeling_segvit import SegViTModelTester
@@ -114,7 +114,7 @@ def test_shrunk_trains(tester):
 
 
 def test_shrunk_presets_build():
-    config = SegViTConfig.from_preset("ade20k-vit-l-shrunk")
+    config = get_preset("ade20k-vit-l-shrunk").config()
     assert config.shrink_index == 8 and config.query_upsampling and config.out_indices == [7, 23]
     assert config.num_stages == 1
 

@@ -14,10 +14,11 @@ from segvit_hf.optimization import (
     parameter_groups,
     poly_warmup_factor,
 )
+from segvit_testing import tiny_toy_config
 
 
 @pytest.fixture(scope="module")
-def model(tiny_toy_config):
+def model():
     return SegViTForSemanticSegmentation(tiny_toy_config())
 
 

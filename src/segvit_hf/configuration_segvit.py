@@ -8,7 +8,9 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig, ViTConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .presets import get_preset
+# Label of pixels without a class (mmseg's convention): padding of label maps, what ADE20K-style label reduction maps
+# 0 to, and what the loss and the metrics skip.
+IGNORE_INDEX = 255
 
 # The official models are mmseg ViTs: LayerNorm eps 1e-6 (transformers' ViT default is 1e-12), exact GELU.
 _ENCODER_DEFAULTS = {
@@ -29,6 +31,16 @@ _ENCODER_DEFAULTS = {
 DECODER_TYPES = ("atm", "setr")
 SEGMENTATION_LOSSES = ("mask", "cross_entropy")
 QUERY_DOWNSAMPLING_MODES = ("nearest", "nearest_qkv", "conv")
+_POSITIVE_ENCODER_SIZES = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "image_size",
+    "patch_size",
+    "num_channels",
+)
+_POSITIVE_DECODER_SIZES = ("decoder_hidden_size", "decoder_num_attention_heads", "decoder_layers_per_stage")
 
 
 class SegViTConfig(PreTrainedConfig):
@@ -36,8 +48,8 @@ class SegViTConfig(PreTrainedConfig):
     Configuration of a [`SegViTModel`] / [`SegViTForSemanticSegmentation`]: a plain ViT encoder (or any transformers
     backbone) whose selected layers feed a cascade of Attention-to-Mask (ATM) decoder stages.
 
-    The defaults describe the paper's ADE20K ViT-B/16 model at 512x512. Use [`SegViTConfig.from_preset`] for any of
-    the seven released models. The paper's ablations (Tables 4, 5, 7 and 8) and its Swin-T model (Table 6) are
+    The defaults describe the paper's ADE20K ViT-B/16 model at 512x512. `segvit_hf.get_preset(name).config()` gives
+    any of the seven released models. The paper's ablations (Tables 4, 5, 7 and 8) and its Swin-T model (Table 6) are
     configurations of the same classes: see `docs/architecture.md`.
 
     Args:
@@ -99,7 +111,7 @@ class SegViTConfig(PreTrainedConfig):
         focal_gamma (`float`, *optional*, defaults to 2.0):
             Focal loss gamma.
         ignore_index (`int`, *optional*, defaults to 255):
-            Label value of pixels without a class.
+            Label value of pixels without a class; it must not be a class id (outside `[0, num_labels)`).
         shrink_index (`int`, *optional*):
             Encoder layer at which query-based down-sampling (QD) halves the token grid: that layer's queries are the
             2x2 down-sampled tokens, its keys and values all tokens (see `query_downsampling`), and later layers run
@@ -124,9 +136,9 @@ class SegViTConfig(PreTrainedConfig):
     Example:
 
     ```python
-    >>> from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
+    >>> from segvit_hf import SegViTForSemanticSegmentation, get_preset
 
-    >>> config = SegViTConfig.from_preset("ade20k-vit-b")
+    >>> config = get_preset("ade20k-vit-b").config()
     >>> model = SegViTForSemanticSegmentation(config)
     ```
     """
@@ -155,7 +167,7 @@ class SegViTConfig(PreTrainedConfig):
         no_object_weight: float = 0.1,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         shrink_index: int | None = None,
         query_downsampling: str = "nearest",
         query_upsampling: bool = False,
@@ -215,6 +227,14 @@ class SegViTConfig(PreTrainedConfig):
         self._validate()
 
     def _validate(self) -> None:
+        self._validate_sizes()
+        if self.num_labels < 1:
+            raise ValueError(f"A SegViT needs at least one class, got num_labels={self.num_labels}.")
+        if 0 <= self.ignore_index < self.num_labels:
+            raise ValueError(
+                f"`ignore_index` {self.ignore_index} is the id of the class {self.id2label[self.ignore_index]!r}: that "
+                f"class would never be supervised. Use a value outside [0, {self.num_labels}), e.g. 255 or -100."
+            )
         if not self.out_indices:
             raise ValueError("`out_indices` must name at least one encoder layer.")
         if self.backbone_config is None:
@@ -227,8 +247,6 @@ class SegViTConfig(PreTrainedConfig):
                 f"`decoder_hidden_size` {self.decoder_hidden_size} is not divisible by "
                 f"`decoder_num_attention_heads` {self.decoder_num_attention_heads}."
             )
-        if self.decoder_layers_per_stage < 1:
-            raise ValueError(f"`decoder_layers_per_stage` must be at least 1, got {self.decoder_layers_per_stage}.")
         if self.query_upsampling and len(self.out_indices) != 2:
             raise ValueError(
                 "`query_upsampling` needs exactly two `out_indices` (a shallow 1/16 feature and the deep one), got "
@@ -330,43 +348,19 @@ class SegViTConfig(PreTrainedConfig):
         """
         return self.feature_strides[0]
 
+    def _validate_sizes(self) -> None:
+        # Checked first: a zero or negative size would otherwise fail much later, inside torch, without its name.
+        encoder = self.encoder_config
+        sizes = {name: getattr(self, name) for name in _POSITIVE_DECODER_SIZES}
+        if encoder is not None:
+            sizes.update({f"encoder_config.{name}": getattr(encoder, name) for name in _POSITIVE_ENCODER_SIZES})
+        for name, value in sizes.items():
+            positive_pair(value, name)
+
     @property
     def num_stages(self) -> int:
         """Number of ATM stages: one per selected encoder layer, or a single one after query up-sampling."""
         return 1 if self.query_upsampling else len(self.out_indices)
-
-    @classmethod
-    def from_preset(cls, name: str, *, with_background: bool = False, **kwargs: Any) -> "SegViTConfig":
-        """
-        The configuration of one of the paper's released models.
-
-        Args:
-            name (`str`):
-                One of `segvit_hf.PRESETS`: `ade20k-vit-b`, `ade20k-vit-l`, `ade20k-vit-l-shrunk`,
-                `cocostuff10k-vit-l`, `cocostuff10k-vit-l-shrunk`, `pascal-context-vit-l`,
-                `pascal-context-vit-l-shrunk`.
-            with_background (`bool`, *optional*, defaults to `False`):
-                PASCAL-Context only: 60 labels (background first) instead of the released 59.
-            kwargs:
-                Overrides of any configuration attribute.
-        """
-        from .labels import id2label_for
-
-        preset = get_preset(name)
-        id2label = id2label_for(preset.dataset, with_background=with_background)
-        values: dict[str, Any] = {
-            "encoder_config": {**preset.encoder, "image_size": preset.crop_size},
-            "out_indices": list(preset.out_indices),
-            "decoder_hidden_size": preset.decoder_hidden_size,
-            "decoder_num_attention_heads": preset.decoder_num_attention_heads,
-            "drop_path_rate": preset.drop_path_rate,
-            "shrink_index": preset.shrink_index,
-            "query_upsampling": preset.shrink_index is not None,
-            "id2label": id2label,
-            "label2id": {label: i for i, label in id2label.items()},
-        }
-        values.update(kwargs)
-        return cls(**values)
 
 
 def _resolve_backbone_config(
@@ -423,4 +417,14 @@ def as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return int(value), int(value)
 
 
-__all__ = ["SegViTConfig", "backbone_stage_strides"]
+def positive_pair(value: int | list[int] | tuple[int, int], name: str) -> tuple[int, int]:
+    """[`as_pair`], checked: a `ValueError` naming `name` unless it is one size or a `(height, width)` pair, all positive."""
+    if isinstance(value, (list, tuple)) and len(value) != 2:
+        raise ValueError(f"`{name}` must be a size or a (height, width) pair, got {value}.")
+    pair = as_pair(value)
+    if min(pair) < 1:
+        raise ValueError(f"`{name}` must be positive, got {value}.")
+    return pair
+
+
+__all__ = ["IGNORE_INDEX", "SegViTConfig", "as_pair", "backbone_stage_strides", "positive_pair"]

@@ -889,9 +889,9 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
 
     ```python
     >>> import torch
-    >>> from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
+    >>> from segvit_hf import SegViTForSemanticSegmentation, get_preset
 
-    >>> model = SegViTForSemanticSegmentation(SegViTConfig.from_preset("ade20k-vit-b")).eval()
+    >>> model = SegViTForSemanticSegmentation(get_preset("ade20k-vit-b").config()).eval()
     >>> outputs = model(torch.randn(1, 3, 512, 512))
     >>> outputs.masks_queries_logits.shape
     torch.Size([1, 150, 32, 32])
@@ -1001,26 +1001,6 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
             attentions=encoder_outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
-
-    @classmethod
-    def from_vit_pretrained(cls, pretrained_vit, config_or_preset, **kwargs):
-        """
-        A SegViT whose encoder starts from pretrained ViT weights (a transformers ViT Hub id or directory, or a timm
-        checkpoint) and whose ATM decoder is freshly initialised; position embeddings are resized bicubically to the
-        crop and the CLS token is dropped. See [`segvit_hf.pretrained.segvit_from_vit_pretrained`] for the arguments
-        (`id2label`, `output_loading_info`, `ignore_mismatched_sizes`, Hub options, configuration overrides).
-
-        Example:
-
-        ```python
-        >>> model = SegViTForSemanticSegmentation.from_vit_pretrained(
-        ...     "google/vit-base-patch16-384", "ade20k-vit-b", id2label={0: "background", 1: "road"}
-        ... )
-        ```
-        """
-        from .pretrained import segvit_from_vit_pretrained
-
-        return segvit_from_vit_pretrained(pretrained_vit, config_or_preset, model_class=cls, **kwargs)
 
 
 __all__ = [
