@@ -180,6 +180,27 @@ def percent(ours: float, paper: float | None) -> str:
     return "—" if paper is None else f"{100 * (ours / paper - 1):+.2f}%"
 
 
+def count_gflops(variant: Variant) -> tuple[float, set[str]]:
+    """GFLOPs of `variant` at its crop, and the operators it executed that are not counted."""
+    model = build_model(variant)
+    analysis = flop_count_analysis(model, variant.crop_size, variant.crop_size, num_channels=3)
+    return analysis.total() / 1e9, set(analysis.unsupported_ops())
+
+
+def table_row(variant: Variant, ours: float) -> str:
+    """The row of `variant` in the table this script prints (and docs/benchmarks.md shows)."""
+    size, paper = variant.crop_size, variant.paper_gflops
+    paper_cell = "—" if paper is None else f"{paper:.1f}"
+    resize_cells = "—", "—"
+    if variant.official_resize:
+        with_resize = ours + output_resize_gflops(len(variant.config().id2label), size, size)
+        resize_cells = f"{with_resize:.2f}", percent(with_resize, paper)
+    return (
+        f"| {variant.name} | {size} | {ours:.2f} | {resize_cells[0]} | {paper_cell} | {percent(ours, paper)} "
+        f"| {resize_cells[1]} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=[variant.name for variant in VARIANTS], help="rows to count")
@@ -196,26 +217,10 @@ def main() -> None:
     ours_by_name, not_counted = {}, set()
     started = time.perf_counter()
     for variant in variants:
-        size = variant.crop_size
-        model = build_model(variant)
-        num_labels = (model.model if isinstance(model, SemanticInference) else model).config.num_labels
-        analysis = flop_count_analysis(model, size, size, num_channels=3)
-        del model
-        ours = analysis.total() / 1e9
+        ours, unsupported = count_gflops(variant)
         ours_by_name[variant.name] = ours
-        not_counted.update(analysis.unsupported_ops())
-        paper = variant.paper_gflops
-        paper_cell = "—" if paper is None else f"{paper:.1f}"
-        if variant.official_resize:
-            with_resize = ours + output_resize_gflops(num_labels, size, size)
-            resize_cells = f"{with_resize:.2f}", percent(with_resize, paper)
-        else:
-            resize_cells = "—", "—"
-        print(
-            f"| {variant.name} | {size} | {ours:.2f} | {resize_cells[0]} | {paper_cell} | {percent(ours, paper)} "
-            f"| {resize_cells[1]} |",
-            flush=True,
-        )
+        not_counted.update(unsupported)
+        print(table_row(variant, ours), flush=True)
 
     if {"ade20k-vit-l", "ade20k-vit-l-shrunk"} <= ours_by_name.keys():
         ratio = ours_by_name["ade20k-vit-l-shrunk"] / ours_by_name["ade20k-vit-l"]
