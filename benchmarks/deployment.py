@@ -36,8 +36,9 @@ import torch
 from torch import nn
 from transformers.utils import logging as transformers_logging
 
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor, StreamingMeanIoU
-from segvit_hf.data import load_toy_dataset, to_numpy_pair
+from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor, StreamingMeanIoU, get_preset
+from segvit_hf.data import to_numpy_pair
+from segvit_hf.toy import load_toy_dataset
 from segvit_hf.export import INT8_FILE_NAME, SegViTOnnxSegmenter, export_onnx, quantize_onnx
 from segvit_hf.image_processing_segvit import segmentation_label_maps
 
@@ -150,10 +151,10 @@ def main() -> None:
         f"weights), batch 1, {SIZE}x{SIZE}, fp32 unless int8\n"
     )
     torch.manual_seed(0)
-    model = SegViTForSemanticSegmentation(SegViTConfig.from_preset(PRESET)).eval()
+    model = SegViTForSemanticSegmentation(get_preset(PRESET).config()).eval()
     with tempfile.TemporaryDirectory() as work_dir:
         onnx_dir = Path(work_dir) / "segvit-b"
-        export_onnx(model, SegViTImageProcessor.from_preset(PRESET), onnx_dir)
+        export_onnx(model, get_preset(PRESET).image_processor(), onnx_dir)
         quantize_onnx(onnx_dir)
         latencies, compile_seconds = {}, {}
         for threads in args.threads:

@@ -4,10 +4,12 @@ Every model is built from its configuration with random weights (nothing is down
 Timings are interleaved: each round runs every model once, in turn, so that load from other processes spreads over
 all of them alike; each model's figure is the median over the rounds after the warm-up.
 
-1. 512x512, batch 1: SegViT `ade20k-vit-b`, its single-layer ATM and shrunk ablations, the bare ViT-B/16 encoder
-   (SegViT's own encoder: 1024 patch tokens, no decoder), DPT (ViT-B/16, non-hybrid), BEiT-B + UperNet and
-   SegFormer-B2, all with 150 labels. Ratios are to the bare encoder. The DPT and BEiT auxiliary heads (training-only
-   FCN heads) are switched off, as they would be at inference.
+1. 512x512, batch 1, pixel values to the 512x512 label map (forward pass and post-processing, as a user runs it):
+   SegViT `ade20k-vit-b`, its single-layer ATM and shrunk ablations, DPT (ViT-B/16, non-hybrid), BEiT-B + UperNet
+   and SegFormer-B2, all with 150 labels, each through its own image processor's `post_process_semantic_segmentation`;
+   and the bare ViT-B/16 encoder (SegViT's own encoder: 1024 patch tokens, no decoder, forward only). Ratios are to
+   the bare encoder. The DPT and BEiT auxiliary heads (training-only FCN heads) are switched off, as they would be at
+   inference.
 2. 640x640, batch 1: SegViT `ade20k-vit-l-shrunk` against `ade20k-vit-l`.
 3. Peak resident memory (RSS) of one inference and of one training step (forward with labels, backward, AdamW step)
    for SegViT `ade20k-vit-b` and DPT ViT-B at 512x512, batch 2, each measured in a fresh subprocess (DPT trains with
@@ -38,14 +40,17 @@ import torch
 from transformers import (
     BeitConfig,
     BeitForSemanticSegmentation,
+    BeitImageProcessorPil,
     DPTConfig,
     DPTForSemanticSegmentation,
+    DPTImageProcessorPil,
     SegformerConfig,
     SegformerForSemanticSegmentation,
+    SegformerImageProcessorPil,
 )
 
 from flops import VIT_B_ABLATIONS  # this directory: the ablation configurations counted there
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTModel
+from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor, SegViTModel, get_preset
 
 NUM_LABELS = 150  # ADE20K
 VIT_B = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
@@ -54,7 +59,7 @@ MEMORY_SIZE, MEMORY_BATCH_SIZE = 512, 2
 
 
 def segvit(preset: str, **overrides) -> Callable[[], torch.nn.Module]:
-    return lambda: SegViTForSemanticSegmentation(SegViTConfig.from_preset(preset, **overrides))
+    return lambda: SegViTForSemanticSegmentation(get_preset(preset).config(**overrides))
 
 
 def ablation(name: str) -> Callable[[], torch.nn.Module]:
@@ -63,7 +68,7 @@ def ablation(name: str) -> Callable[[], torch.nn.Module]:
 
 
 def vit_b_encoder() -> torch.nn.Module:
-    return SegViTModel(SegViTConfig.from_preset("ade20k-vit-b"))
+    return SegViTModel(get_preset("ade20k-vit-b").config())
 
 
 def dpt_vit_b(use_auxiliary_head: bool = False) -> torch.nn.Module:
@@ -117,23 +122,49 @@ MEMORY_MODELS = {
 }
 
 
+# The image processor whose post-processing turns each model's outputs into label maps. SegViT's reads target sizes
+# as the sizes images had before its resizing; these inputs were not resized.
+POST_PROCESSORS = {
+    "SegViT": lambda: SegViTImageProcessor(do_resize=False),
+    "DPT": DPTImageProcessorPil,
+    "BEiT": BeitImageProcessorPil,
+    "SegFormer": SegformerImageProcessorPil,
+}
+
+
+def to_label_map(name: str, model: torch.nn.Module):
+    """`pixel_values -> label maps at the input size` for `name`: the forward pass, then its own post-processing."""
+    family = next((family for family in POST_PROCESSORS if name.startswith(family)), None)
+    if family is None:  # the bare encoder: its forward pass only
+        return model
+    processor = POST_PROCESSORS[family]()
+
+    def run(pixel_values: torch.Tensor):
+        outputs = model(pixel_values)
+        sizes = [tuple(pixel_values.shape[-2:])] * pixel_values.shape[0]
+        return processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
+
+    return run
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def median_latencies(builders, size, *, repeats, warmup, batch_size, device, dtype) -> dict[str, float]:
-    """Median seconds per forward pass of each model, rounds interleaved across the models."""
+    """Median seconds from pixel values to label maps for each model, rounds interleaved across the models."""
     torch.manual_seed(0)
     models = {name: build().eval().to(device=device, dtype=dtype) for name, build in builders.items()}
+    runs = {name: to_label_map(name, model) for name, model in models.items()}
     pixel_values = torch.randn(batch_size, 3, size, size, device=device, dtype=dtype)
     seconds = {name: [] for name in models}
     with torch.inference_mode():
         for round_index in range(warmup + repeats):
-            for name, model in models.items():
+            for name, run in runs.items():
                 synchronize(device)
                 started = time.perf_counter()
-                model(pixel_values)
+                run(pixel_values)
                 synchronize(device)
                 if round_index >= warmup:
                     seconds[name].append(time.perf_counter() - started)

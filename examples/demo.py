@@ -9,10 +9,12 @@
    queries, poly decay with linear warm-up, gradient clipping 35;
 3. evaluates on the validation images at their original size (sliding window, the paper's protocol, and whole
    image) and prints mIoU and per-class IoU;
-4. saves model + image processor + model card to `outputs/demo/model`, the results to `outputs/demo`;
+4. saves model + image processor + model card to `outputs/demo/model`, the results to `outputs/demo` (and, with
+   `--results_file`, with the settings that produced them: `make demo` records `benchmarks/results/demo.json`, the
+   source of the README's table, see [`readme_table`]);
 5. runs the `image-segmentation` pipeline on validation images and writes overlays to `outputs/demo/overlays`.
 
-    python examples/demo.py [--output_dir outputs/demo] [--max_steps 300]
+    python examples/demo.py [--output_dir outputs/demo] [--max_steps 300] [--results_file FILE]
 """
 
 from __future__ import annotations
@@ -36,23 +38,19 @@ from transformers.utils import logging as transformers_logging
 
 import segvit_hf
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
-from segvit_hf.data import (
-    TOY_CROP_SIZE,
-    TOY_PALETTE,
-    TOY_TRAIN_SCALE,
-    DatasetEpochCallback,
-    build_segmentation_datasets,
-    collate_segmentation,
-    load_dataset_source,
-    toy_model_config,
-)
+from segvit_hf.data import build_segmentation_datasets, collate_segmentation, load_dataset_source
 from segvit_hf.hub import model_card, save_pretrained_with_code
 from segvit_hf.metrics import evaluate_dataset, format_iou_table, results_to_json
 from segvit_hf.optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
+from segvit_hf.toy import TOY_CROP_SIZE, TOY_PALETTE, TOY_TRAIN_SCALE, toy_model_config
+from segvit_hf.training import DatasetEpochCallback
 from segvit_hf.visualize import draw_overlay
 
 # The toy images are normalised to [-1, 1].
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
+# The arguments that decide the demo's figures, recorded beside them in --results_file.
+RECORDED_SETTINGS = ("max_steps", "batch_size", "learning_rate", "warmup_steps", "num_train", "num_validation", "seed",
+                     "threads")
 OVERLAY_ZOOM = 4  # the toy images are small: overlays are enlarged (nearest neighbour) to be readable
 
 
@@ -74,7 +72,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="torch intra-op threads. 1 by default: this small model gains little from more, and on a CPU shared "
         "with other work, threads waiting on each other at every small operation make training many times slower.",
     )
+    parser.add_argument(
+        "--results_file",
+        help="Also write the results and the settings that produced them to this JSON file (`make demo`: "
+        "benchmarks/results/demo.json, from which the README's table comes).",
+    )
     return parser.parse_args(argv)
+
+
+def readme_table(report: dict) -> str:
+    """The README's table: per-class validation IoU and mIoU (sliding window) in percent, from a results report."""
+    slide = report["slide"]
+    names = list(slide["per_category_iou"])
+    values = ["n/a" if value is None else f"{100 * value:.1f}" for value in slide["per_category_iou"].values()]
+    return "\n".join(
+        [
+            "| " + " | ".join(names) + " | **mean** |",
+            "|" + "---|" * (len(names) + 1),
+            "| " + " | ".join(values) + f" | **{100 * slide['mean_iou']:.1f}** |",
+        ]
+    )
 
 
 def label_map_from_segments(segments, label2id, size) -> np.ndarray:
@@ -193,7 +210,12 @@ def main(argv=None) -> dict:
     report = {mode: results_to_json(values, config.id2label) for mode, values in results.items()}
     report["train_seconds"] = round(train_seconds, 1)
     report["max_steps"] = args.max_steps
+    report["settings"] = {name: getattr(args, name) for name in RECORDED_SETTINGS}
+    report["versions"] = {"segvit-hf": segvit_hf.__version__, "torch": torch.__version__}
     (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
+    if args.results_file:
+        Path(args.results_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results_file).write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "eval_results.md").write_text(
         f"# Toy validation set, sliding window\n\n{table}\n\nWhole image: mIoU "
         f"{100 * results['whole']['mean_iou']:.2f}\n"
@@ -222,9 +244,11 @@ def main(argv=None) -> dict:
     )
     print(f"  model + processor   {model_dir}/ (config.json, model.safetensors, preprocessor_config.json)")
     print(f"  model card          {model_dir / 'README.md'}")
-    print(f"  results             {output_dir / 'eval_results.json'}, {output_dir / 'eval_results.md'}")
+    print(f"  results             {output_dir / 'eval_results.json'}, {output_dir / 'eval_results.md'}"
+          + (f", {args.results_file}" if args.results_file else ""))
     print(f"  overlays            {overlay_dir}/ (prediction with legend | ground truth), {len(overlay_paths)} images")
     print(f"Try it: pipeline('image-segmentation', model='{model_dir}') after `import segvit_hf`.")
+    print(f"\nThe README's table (validation IoU, sliding window):\n{readme_table(report)}")
     return {"results": results, "train_seconds": train_seconds, "total_seconds": total}
 
 

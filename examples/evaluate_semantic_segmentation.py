@@ -8,11 +8,12 @@ JSON and markdown.
     # the checkpoint written by `make demo`, on the toy validation set
     python examples/evaluate_semantic_segmentation.py --model outputs/demo/model --dataset toy --mode slide --threads 1
 
-    # the paper's ADE20K protocol (single scale, then multi-scale + flip)
-    python examples/evaluate_semantic_segmentation.py --model converted/ade20k-vit-b \
-        --dataset data/ADEChallengeData2016 --mode slide --output_dir results/ade20k-vit-b
-    python examples/evaluate_semantic_segmentation.py --model converted/ade20k-vit-b \
-        --dataset data/ADEChallengeData2016 --mode slide --tta --output_dir results/ade20k-vit-b-ms
+    # the paper's ADE20K protocol (single scale, then multi-scale + flip), as in docs/evaluation.md
+    python examples/evaluate_semantic_segmentation.py --model converted/segvit-ade20k-vit-b \
+        --dataset data/ADEChallengeData2016 --folder_layout ade20k --mode slide --output_dir results/ade20k-vit-b-ss
+    python examples/evaluate_semantic_segmentation.py --model converted/segvit-ade20k-vit-b \
+        --dataset data/ADEChallengeData2016 --folder_layout ade20k --mode slide --tta \
+        --output_dir results/ade20k-vit-b-ms
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
+from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor, get_preset
 from segvit_hf.data import load_dataset_source
 from segvit_hf.inference import MODES, TTA_SCALES
 from segvit_hf.metrics import evaluate_dataset, format_iou_table, results_to_json
@@ -72,7 +73,7 @@ def load_processor(args):
                 f"{args.model} has no preprocessor_config.json; pass --processor or --preset to say how to resize "
                 "and normalise the images."
             ) from None
-        return SegViTImageProcessor.from_preset(args.preset)
+        return get_preset(args.preset).image_processor()
 
 
 def main(argv=None) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 import torch
@@ -22,6 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from segvit_hf.console import ArgumentParser
 from segvit_hf.data import collate_segmentation
 from segvit_hf.metrics import StreamingMeanIoU, format_iou_table, logits_to_label_maps, results_to_json
 from segvit_hf.optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
@@ -32,7 +34,7 @@ from train_semantic_segmentation import DataArguments, ModelArguments, build_mod
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
     model = parser.add_argument_group("model")
     model.add_argument("--preset", help="SegViT preset, e.g. ade20k-vit-b.")
@@ -77,7 +79,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.resume_from_checkpoint:
+        args.resumed_steps = resumed_steps(parser, args.resume_from_checkpoint)
+    return args
+
+
+def resumed_steps(parser: ArgumentParser, checkpoint: str) -> int:
+    """The optimiser steps a `step_N` folder written by `--checkpointing_steps` holds: N, read from its name."""
+    if not os.path.isdir(checkpoint):
+        parser.error(f"--resume_from_checkpoint {checkpoint}: no such directory")
+    match = re.fullmatch(r"step_(\d+)", os.path.basename(os.path.normpath(checkpoint)))
+    if match is None:
+        parser.error(
+            f"--resume_from_checkpoint {checkpoint}: expected a step_N folder written by --checkpointing_steps (its "
+            "name gives the steps already done)"
+        )
+    return int(match.group(1))
 
 
 def evaluate(model, dataloader, accelerator, num_labels: int, ignore_index: int) -> dict:
@@ -87,7 +105,7 @@ def evaluate(model, dataloader, accelerator, num_labels: int, ignore_index: int)
     with torch.no_grad():
         for batch in dataloader:
             outputs = model(pixel_values=batch["pixel_values"])
-            patch_size = accelerator.unwrap_model(model).config.encoder_config.patch_size
+            patch_size = accelerator.unwrap_model(model).config.output_stride
             predictions = logits_to_label_maps(outputs.to_tuple(), batch["labels"], patch_size)
             # Only label maps cross processes; gather_for_metrics drops the samples repeated to even out shards.
             predictions, references = accelerator.gather_for_metrics((predictions, batch["labels"]))
@@ -148,7 +166,7 @@ def main(argv=None):
     completed_steps = 0
     if args.resume_from_checkpoint:
         accelerator.load_state(args.resume_from_checkpoint)
-        completed_steps = int(os.path.basename(os.path.normpath(args.resume_from_checkpoint)).split("_")[-1])
+        completed_steps = args.resumed_steps
     starting_epoch, skip_batches = divmod(completed_steps * args.gradient_accumulation_steps, len(train_loader))
 
     progress = tqdm(

@@ -30,18 +30,13 @@ import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, get_preset
-from segvit_hf.data import (
-    TOY_CROP_SIZE,
-    TOY_TRAIN_SCALE,
-    DatasetEpochCallback,
-    build_segmentation_datasets,
-    collate_segmentation,
-    load_dataset_source,
-    toy_model_config,
-)
+from segvit_hf.data import build_segmentation_datasets, collate_segmentation, load_dataset_source
 from segvit_hf.metrics import SemanticSegmentationMetrics, logits_to_label_maps
 from segvit_hf.optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
 from segvit_hf.presets import IMAGENET_MEAN, IMAGENET_STD
+from segvit_hf.pretrained import segvit_from_vit_pretrained
+from segvit_hf.toy import TOY_CROP_SIZE, TOY_TRAIN_SCALE, toy_model_config
+from segvit_hf.training import DatasetEpochCallback
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +117,7 @@ def _build_model(model_args: ModelArguments, data_source) -> tuple[SegViTForSema
     if model_args.config_name:
         config = SegViTConfig.from_pretrained(model_args.config_name, **label_kwargs)
     elif model_args.preset:
-        config = SegViTConfig.from_preset(model_args.preset, **label_kwargs)
+        config = get_preset(model_args.preset).config(**label_kwargs)
     elif data_source.id2label is not None:
         config = toy_model_config(**label_kwargs)
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -130,7 +125,7 @@ def _build_model(model_args: ModelArguments, data_source) -> tuple[SegViTForSema
         raise ValueError("Pass --preset, --config_name or --model_name_or_path for this data set.")
     if model_args.vit_checkpoint:
         # Encoder from the ViT (CLS token dropped, position table resized to the crop); decoder freshly initialised.
-        model = SegViTForSemanticSegmentation.from_vit_pretrained(model_args.vit_checkpoint, config)
+        model = segvit_from_vit_pretrained(model_args.vit_checkpoint, config)
         model.train()
     else:
         model = SegViTForSemanticSegmentation(config)
@@ -190,6 +185,8 @@ def build_model_and_datasets(model_args: ModelArguments, data_args: DataArgument
     )
     model, image_mean, image_std = build_model(model_args, data_source)
     config = model.config
+    if data_args.crop_size is None and config.encoder_config is None:
+        raise ValueError("A SegViT on a transformers backbone has no training crop in its config: pass --crop_size.")
     crop_size = data_args.crop_size or config.encoder_config.image_size
     train_scale = tuple(data_args.train_scale) if data_args.train_scale else None
     if train_scale is None and data_args.dataset == "toy" and crop_size == TOY_CROP_SIZE:
@@ -251,7 +248,7 @@ def build_trainer(
         eval_dataset=eval_dataset,
         data_collator=partial(collate_segmentation, ignore_index=config.ignore_index),
         compute_metrics=SemanticSegmentationMetrics(config.num_labels, config.ignore_index, config.id2label),
-        preprocess_logits_for_metrics=partial(logits_to_label_maps, patch_size=config.encoder_config.patch_size),
+        preprocess_logits_for_metrics=partial(logits_to_label_maps, patch_size=config.output_stride),
         optimizers=(optimizer, scheduler),
         callbacks=[DatasetEpochCallback()],
     )
@@ -299,10 +296,10 @@ def save_processor(
         "image_mean": list(image_mean),
         "image_std": list(image_std),
         "do_reduce_labels": bool(reduce_labels),
-        "patch_size": config.encoder_config.patch_size,
+        "patch_size": config.output_stride,
     }
     if preset:
-        processor = SegViTImageProcessor.from_preset(preset, **options)
+        processor = get_preset(preset).image_processor(**options)
     else:
         longest_edge = max(train_scale) if train_scale else 2048
         processor = SegViTImageProcessor(size={"shortest_edge": crop_size, "longest_edge": longest_edge}, **options)

@@ -16,27 +16,3 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-@pytest.fixture(scope="session")
-def tiny_toy_config():
-    """A factory of tiny SegViT configurations for the toy data set (2 layers, 8-pixel patches, 32-pixel crop)."""
-    from segvit_hf.data import toy_model_config
-
-    def build():
-        return toy_model_config(
-            encoder_config={
-                "hidden_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "intermediate_size": 64,
-                "image_size": 32,
-                "patch_size": 8,
-            },
-            out_indices=[0, 1],
-            decoder_hidden_size=16,
-            decoder_num_attention_heads=4,
-            decoder_layers_per_stage=1,
-        )
-
-    return build

@@ -14,10 +14,10 @@ from official_reference import (
     official_shrunk_forward,
 )
 from segvit_hf import SegViTForSemanticSegmentation
+from segvit_hf.conversion import CheckpointConversionError, convert_official_checkpoint
+from segvit_hf.conversion_cli import main
+from segvit_testing import TINY_OFFICIAL as TINY
 from segvit_testing import predict_scores
-from segvit_hf.conversion import CheckpointConversionError, convert_official_checkpoint, main
-
-TINY = dict(hidden_size=64, num_layers=4, num_heads=4, decoder_dim=32, decoder_num_heads=4, num_classes=7, crop=64)
 
 
 def _official_checkpoint(num_stages=3, seed=0, **overrides):
@@ -194,3 +194,45 @@ def test_cli_with_a_preset_writes_the_preset_processor(tmp_path):
           "--decoder-num-attention-heads", "4"])
     processor = SegViTImageProcessor.from_pretrained(tmp_path / "out")
     assert processor.size["shortest_edge"] == 512 and processor.do_reduce_labels
+
+
+# ----- The segvit-convert command ------------------------------------------------------------------------------
+
+
+def test_command_is_named_segvit_convert(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: segvit-convert")
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["{tmp}/absent.pth", "{tmp}/out", "--preset", "ade20k-vit-b"], "no such checkpoint file: {tmp}/absent.pth"),
+        (["{tmp}/tiny.pth", "{tmp}/out", "--num-attention-heads", "4"],
+         "without --preset, give --decoder-num-attention-heads, --out-indices, --image-size"),
+        (["{tmp}/tiny.pth", "{tmp}/tiny.pth", "--preset", "ade20k-vit-b"], "is a file, not a directory"),
+    ],
+)
+def test_argument_errors_are_one_line(tmp_path, capsys, arguments, message):
+    torch.save({"state_dict": _official_checkpoint()}, tmp_path / "tiny.pth")
+    with pytest.raises(SystemExit) as exit_info:
+        main([argument.format(tmp=tmp_path) for argument in arguments])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("segvit-convert: error: ")
+    assert message.format(tmp=tmp_path) in error
+
+
+def test_conversion_failures_are_one_line_unless_debug(tmp_path, capsys):
+    path = tmp_path / "tiny.pth"
+    torch.save({"state_dict": _official_checkpoint()}, path)
+    arguments = [str(path), str(tmp_path / "out"), "--preset", "ade20k-vit-b"]  # a 3-stage 64-pixel file: no fit
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("segvit-convert: error: CheckpointConversionError: image_size 512 does not match")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CheckpointConversionError):
+        main(arguments + ["--debug"])

@@ -7,16 +7,15 @@ import torch
 from PIL import Image
 
 from segvit_hf.data import (
-    TOY_ID2LABEL,
     SegmentationDataset,
     collate_segmentation,
     load_dataset_source,
     load_folder_dataset,
     load_hub_dataset,
-    load_toy_dataset,
-    make_toy_sample,
-    reduce_label_map,
+    to_numpy_pair,
 )
+from segvit_hf.image_processing_segvit import reduce_labels as reduce_label_map
+from segvit_hf.toy import TOY_ID2LABEL, load_toy_dataset, make_toy_sample
 from segvit_hf.transforms import build_train_transforms
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -158,6 +157,26 @@ def test_folder_errors(tmp_path):
         load_folder_dataset(tmp_path, layout="cityscapes")
 
 
+def test_folder_errors_name_the_file(tmp_path):
+    write_ade_folder(tmp_path)
+    image_path = tmp_path / "images" / "training" / "ADE_train_00000001.jpg"
+    data = image_path.read_bytes()
+    image_path.write_bytes(data[: len(data) // 2])  # a corrupt JPEG: its header reads, its pixels do not
+    label_path = tmp_path / "annotations" / "validation" / "ADE_validation_00000000.png"
+    Image.fromarray(np.zeros((24, 31), np.uint8)).save(label_path)  # the image is 32 pixels wide
+    splits = load_folder_dataset(tmp_path)
+    with pytest.raises(OSError, match=f"Cannot read {image_path}: "):
+        splits["train"][1]
+    with pytest.raises(ValueError, match=f"The label map {label_path} is 31x24 pixels but its image .*is 32x24"):
+        splits["validation"][0]
+    # Through the training data set, the error still names the file.
+    dataset = SegmentationDataset(splits["train"], reduce_labels=True)
+    assert dataset[0]["labels"].shape == (24, 32)
+    with pytest.raises(OSError, match="ADE_train_00000001.jpg"):
+        dataset[1]
+    assert [example["image"].size for example in splits["train"].select([0, 2])] == [(32, 24), (32, 24)]
+
+
 def test_pascal_context_folder_uses_split_lists(tmp_path):
     (tmp_path / "JPEGImages").mkdir()
     (tmp_path / "SegmentationClassContext").mkdir()
@@ -213,3 +232,12 @@ def test_rgb_label_maps_are_rejected():
     split = [{"image": Image.new("RGB", (4, 4)), "label": Image.new("RGB", (4, 4))}]
     with pytest.raises(ValueError, match="single-channel"):
         SegmentationDataset(split)[0]
+    split = [{"image": Image.new("RGB", (4, 5)), "label": np.zeros((5, 4, 3), np.uint8)}]
+    with pytest.raises(ValueError, match=r"shape \(5, 4, 3\): turn a colour-coded map into class ids first"):
+        SegmentationDataset(split)[0]
+
+
+def test_sixteen_bit_images_are_scaled_to_eight_bits():
+    gradient = np.linspace(0, 65535, 4 * 5).reshape(4, 5).astype(np.uint16)
+    image, _ = to_numpy_pair(Image.fromarray(gradient), np.zeros((4, 5), np.uint8))
+    np.testing.assert_array_equal(image[..., 0], np.round(gradient / 257).astype(np.uint8))

@@ -10,15 +10,16 @@ import pytest
 import torch
 
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
-from segvit_hf.data import load_toy_dataset
 from segvit_hf.inference import predict
 from segvit_hf.metrics import StreamingMeanIoU
+from segvit_hf.toy import load_toy_dataset
+from segvit_testing import tiny_toy_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_toy_config):
+def tiny_checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_checkpoint")
     torch.manual_seed(0)
     config = tiny_toy_config()
@@ -79,11 +80,22 @@ def test_missing_processor_asks_for_one(tiny_checkpoint, tmp_path):
         run_script(*toy_arguments(model_only, "--mode", "whole"))
 
 
+def test_the_docstring_commands_are_those_of_the_docs():
+    script = (EXAMPLES / "evaluate_semantic_segmentation.py").read_text()
+    docstring = script.split('"""')[1]
+    documented = " ".join((EXAMPLES.parent / "docs" / "evaluation.md").read_text().replace("\\\n", " ").split())
+    commands = [" ".join(command.split()) for command in docstring.replace("\\\n", " ").splitlines()]
+    commands = [command for command in commands if command.startswith("python examples/evaluate_semantic_segmentation")]
+    assert len(commands) == 3
+    for command in commands:
+        assert command in documented
+
+
 def test_demo_runs_end_to_end(tmp_path):
     output_dir = tmp_path / "demo"
     demo = runpy.run_path(str(EXAMPLES / "demo.py"))
     arguments = ["--max_steps", "2", "--num_train", "16", "--num_validation", "4", "--num_overlays", "2"]
-    summary = demo["main"](["--output_dir", str(output_dir), *arguments])
+    summary = demo["main"](["--output_dir", str(output_dir), "--results_file", str(tmp_path / "demo.json"), *arguments])
     assert set(summary["results"]) == {"slide", "whole"}
     model_dir = output_dir / "model"
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
@@ -91,5 +103,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert sorted(p.name for p in (output_dir / "overlays").iterdir()) == ["validation_00.png", "validation_01.png"]
     report = json.loads((output_dir / "eval_results.json").read_text())
     assert report["max_steps"] == 2 and "mean_iou" in report["slide"]
+    recorded = json.loads((tmp_path / "demo.json").read_text())
+    assert recorded == report and recorded["settings"]["num_train"] == 16
+    assert demo["readme_table"](recorded).startswith("| sky | grass | water | disc | box | triangle | **mean** |")
     reloaded = SegViTForSemanticSegmentation.from_pretrained(model_dir)
     assert reloaded.config.id2label[5] == "triangle"

@@ -1,30 +1,23 @@
 """The FLOP counter: counts as the paper does, attention included whichever kernel runs it."""
 
+import re
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
+from segvit_hf import SegViTForSemanticSegmentation
+from segvit_testing import tiny_config
 
 pytest.importorskip("fvcore")
 
-from segvit_hf.utils import count_flops, flop_count_analysis  # noqa: E402
+from segvit_hf.flops import count_flops, flop_count_analysis  # noqa: E402
 
 BATCH, HEADS, TOKENS, HEAD_DIM = 2, 4, 64, 8
 
 
-def tiny_config(**overrides) -> SegViTConfig:
-    values = dict(
-        encoder_config=dict(
-            hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=64
-        ),
-        out_indices=[1, 2, 3],
-        decoder_hidden_size=16,
-        decoder_num_attention_heads=4,
-        id2label={i: f"class_{i}" for i in range(5)},
-    )
-    values.update(overrides)
-    return SegViTConfig(**values)
 
 
 class ImageToTokens(nn.Module):
@@ -125,3 +118,17 @@ def test_bad_arguments_are_rejected():
         count_flops(lambda pixels: pixels, 64, 64)
     with pytest.raises(ValueError, match="num_channels"):
         count_flops(ImageToTokens(FusedAttention()), 8, 8)
+
+
+def test_the_documented_figures_of_ade20k_vit_b_are_what_the_code_counts():
+    # The cheapest row of `python benchmarks/flops.py` and the count_flops examples, recomputed.
+    repo = Path(__file__).resolve().parents[1]
+    flops = runpy.run_path(str(repo / "benchmarks" / "flops.py"))
+    variant = next(variant for variant in flops["VARIANTS"] if variant.name == "ade20k-vit-b")
+    ours, _ = flops["count_gflops"](variant)
+    benchmarks = (repo / "docs" / "benchmarks.md").read_text()
+    assert flops["table_row"](variant, ours) in benchmarks
+    assert re.search(r"count_flops\(model, 512, 512\) +# ([\d.]+)", benchmarks).group(1) == f"{ours:.2f}"
+    docstring = (repo / "src" / "segvit_hf" / "flops.py").read_text()
+    example = re.search(r">>> round\(count_flops\(model, 512, 512\), 1\).*\n +([\d.]+)", docstring)
+    assert example.group(1) == f"{ours:.1f}"

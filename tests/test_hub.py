@@ -18,22 +18,19 @@ from PIL import Image
 
 import segvit_hf.hub as hub
 from official_reference import make_random_official_shrunk_state_dict, make_random_official_state_dict
-from segvit_hf import PRESETS, SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor
-from segvit_hf.conversion import convert_released_checkpoints, main
-from segvit_hf.hub import REPORTED_MIOU, model_card, push_folder_to_hub, push_to_hub, save_pretrained_with_code
+from segvit_hf import PRESETS, SegViTForSemanticSegmentation, SegViTImageProcessor
+from segvit_hf.conversion_cli import main
+from segvit_hf.hub import model_card, push_folder_to_hub, push_to_hub, save_pretrained_with_code
+from segvit_hf.released import convert_released_checkpoints
+from segvit_testing import tiny_config
 
 
 def tiny_model() -> SegViTForSemanticSegmentation:
-    config = SegViTConfig(
-        encoder_config=dict(
-            hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=64
-        ),
-        out_indices=[1, 2, 3],
-        decoder_hidden_size=16,
-        decoder_num_attention_heads=4,
-        id2label={0: "sky", 1: "road", 2: "car", 3: "tree", 4: "person"},
-    )
+    config = tiny_config(id2label={0: "sky", 1: "road", 2: "car", 3: "tree", 4: "person"})
     return SegViTForSemanticSegmentation(config).eval()
+
+
+CORE_FILES = {"configuration_segvit.py", "modeling_segvit.py", "image_processing_segvit.py"}
 
 
 def tiny_processor():
@@ -114,7 +111,10 @@ REMOTE_CODE_CHECK = textwrap.dedent(
 
 def test_checkpoint_with_code_loads_in_a_fresh_process_without_segvit_hf(tmp_path):
     model, processor = tiny_model(), tiny_processor()
-    save_pretrained_with_code(model, tmp_path / "checkpoint", processor)
+    copied = save_pretrained_with_code(model, tmp_path / "checkpoint", processor)
+    # Exactly the three core files: they import nothing else of the package.
+    assert {path.name for path in copied} == CORE_FILES
+    assert {path.name for path in (tmp_path / "checkpoint").glob("*.py")} == CORE_FILES
     image = Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8))
     image.save(tmp_path / "image.png")
     inputs = processor(images=image, return_tensors="pt")
@@ -143,8 +143,8 @@ def test_save_with_code_writes_sources_and_auto_map_without_touching_the_model(t
     model = tiny_model()
     copied = save_pretrained_with_code(model, tmp_path, tiny_processor())
     names = {path.name for path in copied}
-    # The three class files and everything they import relatively.
-    assert {"modeling_segvit.py", "configuration_segvit.py", "image_processing_segvit.py", "presets.py"} <= names
+    # The three class files, which import nothing else of the package.
+    assert names == CORE_FILES
     assert all((tmp_path / name).is_file() for name in names)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
@@ -196,8 +196,8 @@ def test_model_card_of_each_preset_has_valid_metadata(tmp_path, preset):
     assert data.model_name == model_id
     reported = {result.metric_name: result.metric_value for result in data.eval_results}
     assert reported == {
-        "mIoU (single-scale, reported by the authors)": REPORTED_MIOU[preset]["ss"],
-        "mIoU (multi-scale (0.5-1.75, flip), reported by the authors)": REPORTED_MIOU[preset]["ms"],
+        "mIoU (single-scale, reported by the authors)": PRESETS[preset].reported_miou["ss"],
+        "mIoU (multi-scale (0.5-1.75, flip), reported by the authors)": PRESETS[preset].reported_miou["ms"],
     }
     assert all(
         result.task_type == "image-segmentation" and result.metric_type == "mean_iou" for result in data.eval_results
@@ -289,7 +289,7 @@ def test_transformers_push_to_hub_works_for_model_and_processor(tmp_path, monkey
 _TINY_WIDTHS = {"vit-b": dict(hidden_size=48, decoder_dim=24), "vit-l": dict(hidden_size=32, decoder_dim=32)}
 
 
-def write_released_checkpoint(directory: Path, preset_name: str, num_classes: int | None = None) -> None:
+def write_released_checkpoint(directory: Path, preset_name: str, num_classes: int | None = None, seed: int = 0) -> None:
     preset = PRESETS[preset_name]
     encoder = preset.encoder
     widths = _TINY_WIDTHS["vit-b" if encoder["hidden_size"] == 768 else "vit-l"]
@@ -301,7 +301,7 @@ def write_released_checkpoint(directory: Path, preset_name: str, num_classes: in
         decoder_num_heads=preset.decoder_num_attention_heads,
         num_classes=num_classes or {"ade20k": 150, "cocostuff": 171, "pascal-context": 59}[preset.dataset],
         crop=preset.crop_size,
-        seed=0,
+        seed=seed,
         with_loss_buffer=True,
     )
     if preset.shrink_index is None:
@@ -364,9 +364,7 @@ def test_all_reports_each_file_and_goes_on(tmp_path, capsys):
     assert "COCOstuff_49.9.pth: FAILED" in printed and "ade_54.6.pth: missing" in printed
     assert (tmp_path / "out" / "segvit-ade20k-vit-b" / "README.md").is_file()
     # A failed file fails the command (after the others were converted).
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--all", str(source), str(tmp_path / "out2")])
-    assert exit_info.value.code == 1
+    assert main(["--all", str(source), str(tmp_path / "out2")]) == 1
     assert (tmp_path / "out2" / "segvit-ade20k-vit-b" / "model.safetensors").is_file()
 
 
@@ -377,6 +375,6 @@ def test_all_command_line_errors(tmp_path):
         main([str(tmp_path / "x.pth"), str(tmp_path / "out"), "--push-to-hub", "org"])
     with pytest.raises(FileNotFoundError, match="not a directory"):
         convert_released_checkpoints(tmp_path / "absent", tmp_path / "out")
-    with pytest.raises(SystemExit) as exit_info:  # nothing to convert
-        main(["--all", str(tmp_path), str(tmp_path / "out")])
-    assert exit_info.value.code == 1
+    with pytest.raises(SystemExit):
+        main(["--all", str(tmp_path / "absent"), str(tmp_path / "out")])
+    assert main(["--all", str(tmp_path), str(tmp_path / "out")]) == 1  # nothing to convert

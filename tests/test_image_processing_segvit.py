@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_modeling_segvit import SegViTModelTester
 from transformers import AutoImageProcessor
 
 from segvit_hf import (
     SegViTForSemanticSegmentation,
     SegViTImageProcessor,
     SegViTImageProcessorPil,
+    get_preset,
     image_processing_segvit,
 )
 from segvit_hf.image_processing_segvit import (
@@ -24,6 +24,7 @@ from segvit_hf.image_processing_segvit import (
     segmentation_scores,
 )
 from segvit_hf.modeling_segvit import upsample_mask_logits
+from segvit_testing import tiny_config
 
 
 def random_rgb(height, width, seed=0):
@@ -39,7 +40,7 @@ def processor():
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return SegViTForSemanticSegmentation(SegViTModelTester().get_config()).eval()
+    return SegViTForSemanticSegmentation(tiny_config()).eval()
 
 
 def test_default_processor_is_the_pil_backend_without_torchvision():
@@ -75,21 +76,21 @@ def test_save_and_load_round_trip(tmp_path, processor):
         ("pascal-context-vit-l", {"shortest_edge": 520}, (0.5, 0.5, 0.5), True),
     ],
 )
-def test_from_preset_uses_the_official_test_protocol(preset, size, mean, reduce):
-    processor = SegViTImageProcessor.from_preset(preset)
+def test_preset_image_processor_uses_the_official_test_protocol(preset, size, mean, reduce):
+    processor = get_preset(preset).image_processor()
     assert dict(processor.size) == size
     assert tuple(processor.image_mean) == mean
     assert processor.do_reduce_labels is reduce
 
 
-def test_from_preset_options():
-    assert SegViTImageProcessor.from_preset("pascal-context-vit-l", with_background=True).do_reduce_labels is False
-    assert dict(SegViTImageProcessor.from_preset("ade20k-vit-b", size={"height": 512, "width": 512}).size) == {
+def test_preset_image_processor_options():
+    assert get_preset("pascal-context-vit-l").image_processor(with_background=True).do_reduce_labels is False
+    assert dict(get_preset("ade20k-vit-b").image_processor(size={"height": 512, "width": 512}).size) == {
         "height": 512,
         "width": 512,
     }
     with pytest.raises(ValueError, match="Unknown SegViT preset"):
-        SegViTImageProcessor.from_preset("ade20k-vit-h")
+        get_preset("ade20k-vit-h").image_processor()
 
 
 @pytest.mark.parametrize(
@@ -111,6 +112,23 @@ def test_resize_output_size(image_size, size, expected):
 def test_resize_output_size_rejects_other_size_dicts():
     with pytest.raises(ValueError, match="shortest_edge"):
         get_resize_output_size(10, 10, {"max_height": 5, "max_width": 5})
+
+
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        ({"shortest_edge": -64}, "positive"),
+        ({"shortest_edge": 0}, "positive"),
+        ({"shortest_edge": 64, "longest_edge": -1}, "positive"),
+        ({"height": 64, "width": 0}, "positive"),
+        ({"longest_edge": 64}, "shortest_edge"),
+    ],
+)
+def test_invalid_sizes_are_refused_at_construction_and_at_call(processor, size, message):
+    with pytest.raises(ValueError, match=message):
+        SegViTImageProcessor(size=size)
+    with pytest.raises(ValueError, match=message):
+        processor(random_rgb(10, 10), size=size)
 
 
 def test_resize_rescale_normalize():
@@ -151,6 +169,53 @@ def test_grayscale_and_transparent_images_become_rgb(processor):
     transparent = Image.fromarray(np.zeros((40, 50, 4), np.uint8), mode="RGBA")
     white = processor(np.full((40, 50, 3), 255, np.uint8), return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(processor(transparent, return_tensors="pt")["pixel_values"], white)
+
+
+def _gradient(dtype, high):
+    return np.linspace(0, high, 40 * 50).reshape(40, 50).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.fromarray(_gradient(np.uint16, 65535)),  # a 16-bit PNG opens as "I;16"
+        Image.fromarray(_gradient(np.int32, 65535)),  # "I", as some Pillow versions read 16-bit PNGs
+        Image.fromarray(_gradient(np.float32, 1.0)),  # "F" in [0, 1]
+        Image.fromarray(_gradient(np.float32, 255.0)),  # "F" in [0, 255]
+    ],
+    ids=["I;16", "I", "F-unit", "F-255"],
+)
+def test_high_bit_depth_images_are_scaled_by_their_range(processor, image):
+    # The same gradient as 8 bits: every mode must give (nearly) the pixels of the 8-bit image, not two values.
+    expected = processor(Image.fromarray(np.round(_gradient(np.float64, 255.0)).astype(np.uint8)), return_tensors="pt")
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixel_values, expected["pixel_values"], atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (_gradient(np.int32, 70000), r"\[0, 65535\]"),
+        (_gradient(np.float32, 300.0), r"\[0, 1\] or \[0, 255\]"),
+        (np.full((4, 4), np.nan, np.float32), "outside"),
+    ],
+)
+def test_high_bit_depth_images_of_unknown_range_are_refused(processor, array, message):
+    with pytest.raises(ValueError, match=message):
+        processor(Image.fromarray(array))
+
+
+@pytest.mark.parametrize("shape", [(1, 500, 3), (4, 5, 3), (1, 5, 4)])
+def test_ambiguous_arrays_are_read_channels_last(processor, shape):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    expected = processor(Image.fromarray(image), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(processor(image, return_tensors="pt")["pixel_values"], expected)
+    assert image_processing_segvit.get_image_size(image) == shape[:2]
+
+
+def test_channels_first_rgb_with_few_columns_stays_channels_first():
+    assert image_processing_segvit.get_image_size(np.zeros((3, 5, 4))) == (5, 4)
+    assert image_processing_segvit.get_image_size(np.zeros((3, 5, 4)), input_data_format="channels_last") == (3, 5)
 
 
 def test_mixed_size_batch_is_padded_and_the_valid_region_recorded(processor):
@@ -229,6 +294,8 @@ def test_bad_segmentation_maps_raise_value_errors(processor):
         processor([image], segmentation_maps=[np.zeros((20, 30), np.uint8)] * 2)
     with pytest.raises(ValueError, match="single-channel"):
         processor([image], segmentation_maps=[np.zeros((20, 30, 3), np.uint8)])
+    with pytest.raises(ValueError, match=r"shape \(20, 30, 3\).*colour label map"):
+        processor(image, segmentation_maps=np.zeros((20, 30, 3), np.uint8))
     with pytest.raises(ValueError, match="class ids"):
         processor(image, segmentation_maps=np.full((20, 30), 0.5))
 
@@ -244,7 +311,7 @@ def assert_label_maps_equal_ties_aside(label_map, scores):
     """`label_map` is `scores.argmax(0)` wherever the best class leads the second by more than rounding."""
     best_two = scores.topk(2, dim=0).values
     decided = best_two[0] - best_two[1] > 1e-5
-    assert decided.float().mean() > 0.99
+    assert decided.float().mean() > 0.95
     assert torch.equal(label_map[decided], scores.argmax(0)[decided])
 
 
@@ -261,6 +328,50 @@ def test_segmentation_scores_are_resize_sigmoid_and_class_mix(size, grid, cell, 
     torch.testing.assert_close(segmentation_scores(class_logits, mask_logits, size, patch), expected, atol=1e-6, rtol=0)
     label_maps = segmentation_label_maps(class_logits, mask_logits, size, patch)
     assert torch.equal(label_maps, segmentation_scores(class_logits, mask_logits, size, patch).argmax(1))
+
+
+@pytest.mark.parametrize(
+    "queries, grid, size, patch, spread",
+    [
+        (7, (4, 6), (64, 90), 16, 3.0),  # confident masks: blocks decide early
+        (20, (3, 4), (75, 100), 32, 3.0),  # masks on the grid halved by QD: 32-pixel cells
+        (9, (5, 5), (80, 80), 16, 0.3),
+        (12, (6, 9), (41, 67), 8, 1.0),  # small patches, a size not a multiple of them
+        (5, (1, 1), (7, 9), 16, 1.0),  # a single cell
+        (150, (8, 8), (128, 128), 16, 0.05),  # near-uniform: the bounds rarely decide, the pixels are scored
+    ],
+)
+def test_label_maps_equal_the_argmax_of_the_scores(queries, grid, size, patch, spread):
+    """Label maps decided on blocks of pixels by score bounds are the argmax of the scores at every pixel."""
+    generator = torch.Generator().manual_seed(queries)
+    class_logits = torch.randn(2, queries, queries + 1, generator=generator)
+    mask_logits = spread * torch.randn(2, queries, *grid, generator=generator)
+    scores = segmentation_scores(class_logits, mask_logits, size, patch)
+    label_maps = segmentation_label_maps(class_logits, mask_logits, size, patch)
+    for label_map, image_scores in zip(label_maps, scores):
+        assert_label_maps_equal_ties_aside(label_map, image_scores)
+
+
+def test_confident_predictions_are_not_scored_at_every_pixel(monkeypatch):
+    """As a trained model's: each class query owns regions of the grid. The bounds decide almost every block."""
+    scored_pixels = []
+    mask_logits_at = image_processing_segvit._MaskBounds.mask_logits_at
+
+    def counting(self, y, x):
+        scored_pixels.append(y.numel())
+        return mask_logits_at(self, y, x)
+
+    monkeypatch.setattr(image_processing_segvit._MaskBounds, "mask_logits_at", counting)
+    monkeypatch.setattr(image_processing_segvit, "_dense_label_maps", None)  # must not be needed
+    generator = torch.Generator().manual_seed(0)
+    owners = torch.randint(0, 10, (1, 1, 8, 8), generator=generator).float()
+    owners = F.interpolate(owners, size=(32, 32), mode="nearest")[0, 0].long()  # regions of 4 x 4 cells
+    mask_logits = torch.where(F.one_hot(owners, 10).permute(2, 0, 1).bool(), 6.0, -6.0)[None]
+    class_logits = 8 * torch.eye(10, 11)[None]
+    label_map = segmentation_label_maps(class_logits, mask_logits, (512, 512), 16)[0]
+    scores = segmentation_scores(class_logits, mask_logits, (512, 512), 16)[0]
+    assert_label_maps_equal_ties_aside(label_map, scores)
+    assert sum(scored_pixels) < 0.2 * 512 * 512  # corners of blocks and the pixels of a few undecided ones
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_modeling_segvit import SegViTModelTester
 
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor, inference
+from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor, get_preset, inference
 from segvit_hf.image_processing_segvit import segmentation_scores
 from segvit_hf.inference import TTA_SCALES, predict, slide_inference, sliding_window, whole_inference, window_boxes
+from segvit_testing import tiny_config
 
 
 class PositionModel(torch.nn.Module):
@@ -46,7 +46,7 @@ def random_image(height, width, seed=0):
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return SegViTForSemanticSegmentation(SegViTModelTester().get_config()).eval()
+    return SegViTForSemanticSegmentation(tiny_config()).eval()
 
 
 @pytest.fixture
@@ -174,8 +174,8 @@ def test_sliding_window_defaults(crop, stride):
     assert sliding_window(config) == ((crop, crop), (stride, stride))
 
 
-def test_sliding_window_from_preset_and_overrides():
-    config = SegViTConfig.from_preset("ade20k-vit-l")
+def test_sliding_window_of_a_preset_and_overrides():
+    config = get_preset("ade20k-vit-l").config()
     assert sliding_window(config) == ((640, 640), (608, 608))
     assert sliding_window(config, crop_size=(320, 480), stride=100) == ((320, 480), (100, 100))
     with pytest.raises(ValueError, match="must not exceed the crop"):

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
 from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTModel
-from segvit_testing import predict_scores, scores_of
+from segvit_testing import predict_scores, scores_of, tiny_config
 
 
 class SegViTModelTester:
@@ -34,8 +34,9 @@ class SegViTModelTester:
         self.num_labels = num_labels
 
     def get_config(self, **overrides) -> SegViTConfig:
+        """[`tiny_config`] with this tester's sizes."""
         values = dict(
-            encoder_config=dict(
+            encoder=dict(
                 hidden_size=self.hidden_size,
                 num_hidden_layers=self.num_hidden_layers,
                 num_attention_heads=self.num_attention_heads,
@@ -45,10 +46,10 @@ class SegViTModelTester:
             out_indices=self.out_indices,
             decoder_hidden_size=self.decoder_hidden_size,
             decoder_num_attention_heads=self.decoder_num_attention_heads,
-            id2label={i: f"class_{i}" for i in range(self.num_labels)},
+            num_labels=self.num_labels,
         )
         values.update(overrides)
-        return SegViTConfig(**values)
+        return tiny_config(**values)
 
     def prepare_inputs(self, height=None, width=None, batch_size=None):
         height = height or self.image_size

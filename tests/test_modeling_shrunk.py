@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTModel
+from segvit_hf import SegViTForSemanticSegmentation, SegViTModel, get_preset
 from segvit_testing import scores_of
 from segvit_hf.modeling_segvit import downsample_token_grid
 from test_modeling_segvit import SegViTModelTester
@@ -43,7 +43,7 @@ def test_qd_uses_the_same_weights_as_a_plain_layer(tester):
     layer = shrunk.layers[2]
     tokens = torch.randn(2, 16, tester.hidden_size)
     shrunk_out, grid, _ = layer(tokens, (4, 4))
-    layer.downsample_queries = False
+    layer.query_downsampling = None
     plain_out, _, _ = layer(tokens, (4, 4))
     kept, _ = downsample_token_grid(plain_out, (4, 4))
     assert grid == (2, 2)
@@ -114,7 +114,7 @@ def test_shrunk_trains(tester):
 
 
 def test_shrunk_presets_build():
-    config = SegViTConfig.from_preset("ade20k-vit-l-shrunk")
+    config = get_preset("ade20k-vit-l-shrunk").config()
     assert config.shrink_index == 8 and config.query_upsampling and config.out_indices == [7, 23]
     assert config.num_stages == 1
 

@@ -14,10 +14,11 @@ from segvit_hf.optimization import (
     parameter_groups,
     poly_warmup_factor,
 )
+from segvit_testing import tiny_toy_config
 
 
 @pytest.fixture(scope="module")
-def model(tiny_toy_config):
+def model():
     return SegViTForSemanticSegmentation(tiny_toy_config())
 
 
@@ -66,6 +67,22 @@ def test_no_weight_decay_on_norms_biases_position_embeddings_and_class_queries(m
     assert "segvit.embeddings.patch_embeddings.projection.weight" in decay
     assert any("self_attn.in_proj_weight" in name for name in decay)
     assert all(name.endswith("weight") for name in decay)
+
+
+def test_swin_backbone_position_tables_and_norms_are_not_decayed():
+    from transformers import SwinConfig
+
+    from segvit_hf import SegViTConfig
+
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4)
+    config = SegViTConfig(
+        backbone_config=swin, out_indices=[2, 3, 4], decoder_hidden_size=16, decoder_num_attention_heads=4
+    )
+    groups = groups_by_name(SegViTForSemanticSegmentation(config), weight_decay=0.05)
+    tables = [name for name in groups["backbone_no_decay"]["param_names"] if "relative_position_bias_table" in name]
+    assert tables and not any("relative_position_bias_table" in name for name in groups["backbone"]["param_names"])
+    assert any("hidden_states_norms" in name for name in groups["backbone_no_decay"]["param_names"])
+    assert all(name.startswith("segvit.backbone.") for name in groups["backbone"]["param_names"])
 
 
 def test_frozen_parameters_are_left_out(model):

@@ -5,6 +5,7 @@ Every checkpoint here is a tiny random ViT written to tmp_path; nothing is downl
 
 import argparse
 import json
+import time
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
-from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTModel
+from segvit_hf import SegViTForSemanticSegmentation, SegViTModel
+from segvit_hf.hub import HubUnreachableError
+from segvit_testing import TINY_ENCODER, tiny_config
 from segvit_hf.pretrained import (
     EncoderLoadingReport,
     convert_timm_vit_state_dict,
@@ -20,7 +23,7 @@ from segvit_hf.pretrained import (
     segvit_from_vit_pretrained,
 )
 
-HIDDEN, HEADS, PATCH = 32, 4, 8
+HIDDEN, HEADS, PATCH = TINY_ENCODER["hidden_size"], TINY_ENCODER["num_attention_heads"], 8
 
 
 def vit_config(num_hidden_layers=4, image_size=32, hidden_size=HIDDEN, num_attention_heads=HEADS):
@@ -38,22 +41,9 @@ def vit_config(num_hidden_layers=4, image_size=32, hidden_size=HIDDEN, num_atten
 
 
 def segvit_config(crop=32, num_hidden_layers=4, **overrides):
-    values = dict(
-        encoder_config=dict(
-            hidden_size=HIDDEN,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=HEADS,
-            intermediate_size=2 * HIDDEN,
-            image_size=crop,
-            patch_size=PATCH,
-        ),
-        out_indices=[1, num_hidden_layers - 1],
-        decoder_hidden_size=16,
-        decoder_num_attention_heads=4,
-        id2label={i: f"class_{i}" for i in range(5)},
-    )
-    values.update(overrides)
-    return SegViTConfig(**values)
+    """[`tiny_config`] with 8-pixel patches, a `crop`-pixel crop and the features of layers 1 and the last."""
+    encoder = {"num_hidden_layers": num_hidden_layers, "image_size": crop, "patch_size": PATCH}
+    return tiny_config(encoder=encoder, **{"out_indices": [1, num_hidden_layers - 1], **overrides})
 
 
 def patch_features_of_vit(vit: ViTModel, pixel_values: torch.Tensor) -> list[torch.Tensor]:
@@ -74,7 +64,7 @@ def segvit_layer_outputs(model, pixel_values):
 def test_transformers_vit_checkpoint_gives_the_same_patch_features(tmp_path, vit_class):
     vit = vit_class(vit_config()).eval()
     vit.save_pretrained(tmp_path / "vit")
-    model, report = SegViTForSemanticSegmentation.from_vit_pretrained(
+    model, report = segvit_from_vit_pretrained(
         tmp_path / "vit", segvit_config(), output_loading_info=True
     )
     assert isinstance(model, SegViTForSemanticSegmentation)
@@ -216,6 +206,18 @@ def test_sources_that_are_not_vit_checkpoints(tmp_path):
         segvit_from_vit_pretrained(tmp_path / "empty", segvit_config())
 
 
+
+def test_an_uncached_hub_id_offline_says_so_promptly(tmp_path):
+    # conftest turns on HF_HUB_OFFLINE; the empty cache_dir guarantees the files are not cached.
+    started = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match="config.json of 'google/vit-base-patch16-384' is not in the local "
+                       "Hugging Face cache and offline mode is on"):
+        segvit_from_vit_pretrained(
+            "google/vit-base-patch16-384", "ade20k-vit-b", cache_dir=tmp_path
+        )
+    assert time.perf_counter() - started < 5
+
+
 # --- timm layout -------------------------------------------------------------------------------------------------
 
 
@@ -287,7 +289,7 @@ def test_timm_file_gives_the_features_timm_computes(tmp_path, file_name):
         save_file(state_dict, path)
     else:
         torch.save({"model": state_dict, "epoch": 300}, path)  # timm's training checkpoints wrap the weights
-    model, report = SegViTForSemanticSegmentation.from_vit_pretrained(path, segvit_config(), output_loading_info=True)
+    model, report = segvit_from_vit_pretrained(path, segvit_config(), output_loading_info=True)
     assert report.layout == "timm"
     assert report.missing == [] and report.unexpected == []
     assert {"cls_token", "norm.weight", "head.weight", "pos_embed[:, :1]"} <= set(report.ignored)

@@ -1,15 +1,18 @@
-"""The README's three-line inference runs as written."""
+"""The README's three-line inference runs as written, and its demo figures are those of the recorded demo run."""
 
+import json
 import re
+import runpy
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from segvit_hf import SegViTImageProcessor, SegViTForSemanticSegmentation
-from test_modeling_segvit import SegViTModelTester
+from segvit_testing import tiny_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 
 def test_three_line_inference(tmp_path):
@@ -17,7 +20,7 @@ def test_three_line_inference(tmp_path):
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert len(snippet.strip().splitlines()) == 3
 
-    SegViTForSemanticSegmentation(SegViTModelTester().get_config()).save_pretrained(tmp_path)
+    SegViTForSemanticSegmentation(tiny_config()).save_pretrained(tmp_path)
     SegViTImageProcessor(size={"shortest_edge": 64}).save_pretrained(tmp_path)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
     namespace = {"CKPT": str(tmp_path), "image": image}
@@ -25,3 +28,16 @@ def test_three_line_inference(tmp_path):
     label_map = namespace["label_map"]
     assert tuple(label_map.shape) == (90, 120)
     assert int(label_map.max()) < 5
+
+
+def test_the_demo_table_is_the_recorded_make_demo_run():
+    # `make demo` writes benchmarks/results/demo.json; the README's figures must be that file's, with the defaults.
+    demo = runpy.run_path(str(REPO / "examples" / "demo.py"))
+    report = json.loads((REPO / "benchmarks" / "results" / "demo.json").read_text())
+    defaults = vars(demo["parse_args"]([]))
+    assert report["settings"] == {name: defaults[name] for name in demo["RECORDED_SETTINGS"]}
+    readme = README.read_text()
+    assert demo["readme_table"](report) in readme
+    slide, whole = 100 * report["slide"]["mean_iou"], 100 * report["whole"]["mean_iou"]
+    assert f"**validation mIoU {slide:.1f}**" in readme
+    assert f"{whole:.1f} whole-image" in readme

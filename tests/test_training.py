@@ -13,12 +13,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation, TrainerCallback
 
 import segvit_hf  # noqa: F401  (registers SegViT with the Auto classes)
+from segvit_testing import tiny_toy_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
-def tiny_config_dir(tmp_path_factory, tiny_toy_config):
+def tiny_config_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_config")
     config = tiny_toy_config()
     config.save_pretrained(directory)
@@ -29,22 +30,29 @@ def trainer_script():
     return runpy.run_path(str(EXAMPLES / "train_semantic_segmentation.py"))
 
 
-def trainer_arguments(config_dir, output_dir, max_steps, *extra):
+def run_arguments(config_dir, output_dir, max_steps):
+    """The flags both training scripts take for the tests' short run on the toy set."""
     return [
         "--config_name", config_dir,
         "--output_dir", str(output_dir),
         "--max_steps", str(max_steps),
         "--per_device_train_batch_size", "2",
-        "--per_device_eval_batch_size", "2",
         "--toy_num_train", "8",
         "--toy_num_validation", "4",
         "--learning_rate", "1e-3",
         "--warmup_steps", "2",
+        "--seed", "3",
+    ]  # fmt: skip
+
+
+def trainer_arguments(config_dir, output_dir, max_steps, *extra):
+    return [
+        *run_arguments(config_dir, output_dir, max_steps),
+        "--per_device_eval_batch_size", "2",
         "--max_grad_norm", "35",
         "--report_to", "none",
         "--use_cpu",
         "--disable_tqdm", "true",
-        "--seed", "3",
         *extra,
     ]  # fmt: skip
 
@@ -69,6 +77,30 @@ def test_trainer_script_trains_evaluates_and_saves(tiny_config_dir, tmp_path):
     model = AutoModelForSemanticSegmentation.from_pretrained(output_dir)
     assert model.config.id2label[3] == "disc"
     assert (output_dir / "preprocessor_config.json").is_file()
+
+
+def test_trainer_script_trains_a_segvit_on_a_transformers_backbone(tmp_path):
+    """The recipe of docs/training.md: a saved SegViT on Swin, trained from its directory with an explicit crop."""
+    from transformers import SwinConfig
+
+    from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation, SegViTImageProcessor
+    from segvit_hf.data import TOY_ID2LABEL
+
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4)
+    config = SegViTConfig(
+        backbone_config=swin,
+        out_indices=[2, 3, 4],
+        decoder_hidden_size=16,
+        decoder_num_attention_heads=4,
+        decoder_layers_per_stage=1,
+        id2label=dict(TOY_ID2LABEL),
+    )
+    SegViTForSemanticSegmentation(config).save_pretrained(tmp_path / "init")
+    arguments = trainer_arguments(str(tmp_path / "init"), tmp_path / "run", 2, "--do_train", "--do_eval")
+    arguments[:2] = ["--model_name_or_path", str(tmp_path / "init"), "--crop_size", "64"]
+    trainer = trainer_script()["main"](arguments + ["--save_strategy", "no"])
+    assert trainer.state.global_step == 2
+    assert SegViTImageProcessor.from_pretrained(tmp_path / "run").patch_size == 8  # Swin stage 2: stride 8
 
 
 class StopAtStep(TrainerCallback):
@@ -115,18 +147,21 @@ def test_resumed_trainer_run_equals_uninterrupted_run(tiny_config_dir, tmp_path)
 
 
 def accelerate_arguments(config_dir, output_dir, max_steps, *extra):
-    return [
-        "--config_name", config_dir,
-        "--output_dir", str(output_dir),
-        "--max_steps", str(max_steps),
-        "--per_device_train_batch_size", "2",
-        "--toy_num_train", "8",
-        "--toy_num_validation", "4",
-        "--learning_rate", "1e-3",
-        "--warmup_steps", "2",
-        "--seed", "3",
-        *extra,
-    ]  # fmt: skip
+    return [*run_arguments(config_dir, output_dir, max_steps), *extra]
+
+
+@pytest.mark.parametrize(
+    "folder, message",
+    [("checkpoint-3", "expected a step_N folder written by --checkpointing_steps"), ("step_9", "no such directory")],
+)
+def test_accelerate_resume_from_a_folder_not_named_step_n_is_one_line(tmp_path, capsys, folder, message):
+    script = runpy.run_path(str(EXAMPLES / "train_accelerate.py"))
+    (tmp_path / "checkpoint-3").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        script["parse_args"](["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", str(tmp_path / folder)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--resume_from_checkpoint {tmp_path / folder}: {message}" in error
 
 
 def test_accelerate_script_trains_and_resumes_exactly(tiny_config_dir, tmp_path):

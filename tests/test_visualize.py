@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_modeling_segvit import SegViTModelTester
 
 from segvit_hf import SegViTForSemanticSegmentation, SegViTImageProcessor
 from segvit_hf.labels import ADE20K_PALETTE, default_palette
 from segvit_hf.visualize import colorize, draw_mask_grid, draw_overlay, to_rgb_array
+from segvit_testing import tiny_config
 
 
 def test_colorize_uses_the_ade20k_palette_and_paints_ignored_pixels_black():
@@ -37,6 +37,12 @@ def test_to_rgb_array_accepts_the_usual_layouts():
         np.testing.assert_array_equal(to_rgb_array(image), rgb)
     gray = to_rgb_array(rgb[..., 0])
     assert gray.shape == (6, 8, 3) and (gray[..., 2] == rgb[..., 0]).all()
+
+
+def test_to_rgb_array_scales_sixteen_bit_images():
+    gradient = np.linspace(0, 65535, 6 * 7).reshape(6, 7).astype(np.uint16)
+    expected = np.repeat(np.round(gradient / 257).astype(np.uint8)[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(to_rgb_array(Image.fromarray(gradient)), expected)
 
 
 def test_overlay_blends_colours_and_lists_present_classes_in_a_legend(tmp_path):
@@ -73,7 +79,7 @@ def test_overlay_errors():
 
 def test_mask_grid_shows_the_top_k_classes(tmp_path):
     torch.manual_seed(0)
-    model = SegViTForSemanticSegmentation(SegViTModelTester().get_config()).eval()
+    model = SegViTForSemanticSegmentation(tiny_config()).eval()
     processor = SegViTImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 72, 3), dtype=np.uint8))
     with torch.no_grad():

@@ -4,7 +4,6 @@ Importing the package registers the model with transformers' Auto classes.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
-from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
 from .configuration_segvit import SegViTConfig
 from .modeling_segvit import (
@@ -18,15 +17,17 @@ from .image_processing_segvit import IMAGE_PROCESSOR_CLASSES, SegViTImageProcess
 from .presets import PRESETS, SegViTPreset, get_preset
 from .metrics import SemanticSegmentationMetrics, StreamingMeanIoU
 from .optimization import create_segvit_optimizer, get_poly_schedule_with_warmup
+from .pipeline import SegViTImageSegmentationPipeline, register_pipeline
 
 AutoConfig.register(SegViTConfig.model_type, SegViTConfig, exist_ok=True)
 AutoModel.register(SegViTConfig, SegViTModel, exist_ok=True)
 AutoModelForSemanticSegmentation.register(SegViTConfig, SegViTForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(SegViTConfig, image_processor_classes=IMAGE_PROCESSOR_CLASSES, exist_ok=True)
-# transformers' image-segmentation pipeline checks model class names against this table, not the Auto registry.
-MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(SegViTConfig.model_type, SegViTForSemanticSegmentation.__name__)
+# `pipeline("image-segmentation")` becomes the SegViT-aware subclass (transformers' pipeline for other models); it
+# also accepts the registered SegViT classes, which transformers' own class-name check does not know.
+register_pipeline()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PRESETS",
@@ -34,6 +35,7 @@ __all__ = [
     "SegViTForSemanticSegmentation",
     "SegViTImageProcessor",
     "SegViTImageProcessorPil",
+    "SegViTImageSegmentationPipeline",
     "SegViTModel",
     "SegViTModelOutput",
     "SegViTPreTrainedModel",

@@ -1,8 +1,6 @@
-"""Convert checkpoints of the official SegViT code (mmseg 0.24 layout) into [`SegViTForSemanticSegmentation`].
-
-Command line::
-
-    python -m segvit_hf.conversion ade_51.3.pth converted/ade20k-vit-b --preset ade20k-vit-b
+"""Convert checkpoints of the official SegViT code (mmseg 0.24 layout) into [`SegViTForSemanticSegmentation`]: the
+mapping of the official tensor names onto ours, and the conversion functions. The `segvit-convert` command is
+`segvit_hf.conversion_cli`; the conversion of all released files at once is `segvit_hf.released`.
 
 The official files are torch pickles. They are read with `torch.load(weights_only=True)`, which refuses arbitrary
 Python objects, so a tampered file cannot run code.
@@ -10,13 +8,10 @@ Python objects, so a tampered file cannot run code.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +20,7 @@ from .configuration_segvit import SegViTConfig
 from .labels import id2label_for
 from .modeling_segvit import SegViTForSemanticSegmentation
 from .presets import PRESETS, get_preset
+from .state_dicts import encoder_rename_rules, load_torch_checkpoint, rename_key, split_qkv
 
 # Official keys that hold nothing our model needs: the CLS token never reaches the patch tokens (its position slot
 # is dropped too), and the losses' class-weight buffers are rebuilt from the configuration.
@@ -34,15 +30,9 @@ _UNUSED_OFFICIAL_KEYS = (
     "decode_head.atm.loss_decode.criterion.empty_weight",
 )
 
-# (official pattern, our name); `{i}`, `{k}`, `{j}` stand for layer, stage and decoder-layer numbers.
-_BACKBONE_RULES = [
-    (r"backbone\.patch_embed\.projection\.(weight|bias)", r"segvit.embeddings.patch_embeddings.projection.\1"),
-    (r"backbone\.layers\.(\d+)\.ln1\.(weight|bias)", r"segvit.layers.\1.layernorm_before.\2"),
-    (r"backbone\.layers\.(\d+)\.ln2\.(weight|bias)", r"segvit.layers.\1.layernorm_after.\2"),
-    (r"backbone\.layers\.(\d+)\.attn\.attn\.out_proj\.(weight|bias)", r"segvit.layers.\1.attention.o_proj.\2"),
-    (r"backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)", r"segvit.layers.\1.mlp.fc1.\2"),
-    (r"backbone\.layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"segvit.layers.\1.mlp.fc2.\2"),
-]
+# (official pattern, our name) of the encoder, from the table shared with the timm reader.
+_BACKBONE_RULES = encoder_rename_rules("mmseg", prefix="segvit.")
+# (official pattern, our name) of the layers of an ATM stage.
 _ATM_LAYER_RULES = [
     (r"self_attn\.(in_proj_weight|in_proj_bias)", r"self_attn.\1"),
     (r"self_attn\.out_proj\.(weight|bias)", r"self_attn.out_proj.\1"),
@@ -70,16 +60,7 @@ def load_official_state_dict(path_or_state_dict: str | os.PathLike | Mapping[str
     if isinstance(path_or_state_dict, Mapping):
         checkpoint = path_or_state_dict
     else:
-        path = os.fspath(path_or_state_dict)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No checkpoint file at {path!r}.")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises pickle, zip and runtime errors alike for unreadable files
-            raise CheckpointConversionError(
-                f"Could not read {path!r} as a torch checkpoint with weights_only=True (it is corrupt, truncated, "
-                f"not a torch file, or holds Python objects beyond tensors and plain containers): {error}"
-            ) from error
+        checkpoint = load_torch_checkpoint(path_or_state_dict, CheckpointConversionError)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointConversionError(f"Expected a dict checkpoint, got {type(checkpoint).__name__}.")
     state_dict = checkpoint.get("state_dict", checkpoint)
@@ -135,26 +116,22 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
     }
 
 
-def _rename_backbone(key: str) -> str | None:
-    for pattern, replacement in _BACKBONE_RULES:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, replacement, key)
-    return None
-
-
 def _rename_atm_layer(rest: str, prefix: str) -> str | None:
-    for pattern, replacement in _ATM_LAYER_RULES:
-        if re.fullmatch(pattern, rest):
-            return prefix + re.sub(pattern, replacement, rest)
+    return rename_key(rest, _ATM_LAYER_RULES, prefix)
+
+
+def _rename_lateral(key: str, lateral: str) -> str | None:
+    """The official `input_proj_k` / `proj_norm_k` (k from 1) as `lateral.format(k - 1)` + `.proj` / `.norm`."""
+    if match := re.fullmatch(r"decode_head\.(input_proj|proj_norm)_(\d+)\.(weight|bias)", key):
+        part = "proj" if match.group(1) == "input_proj" else "norm"
+        return f"{lateral.format(int(match.group(2)) - 1)}.{part}.{match.group(3)}"
     return None
 
 
 def _rename_cascade_head(key: str) -> str | None:
     """`ATMHead`: stage k's lateral and ATM layers, the class queries and the class head."""
-    if match := re.fullmatch(r"decode_head\.input_proj_(\d+)\.(weight|bias)", key):
-        return f"decode_head.stages.{int(match.group(1)) - 1}.lateral.proj.{match.group(2)}"
-    if match := re.fullmatch(r"decode_head\.proj_norm_(\d+)\.(weight|bias)", key):
-        return f"decode_head.stages.{int(match.group(1)) - 1}.lateral.norm.{match.group(2)}"
+    if (name := _rename_lateral(key, "decode_head.stages.{}.lateral")) is not None:
+        return name
     if match := re.fullmatch(r"decode_head\.decoder_(\d+)\.layers\.(\d+)\.(.+)", key):
         stage, layer, rest = int(match.group(1)) - 1, match.group(2), match.group(3)
         return _rename_atm_layer(rest, f"decode_head.stages.{stage}.layers.{layer}.")
@@ -167,10 +144,8 @@ def _rename_cascade_head(key: str) -> str | None:
 
 def _rename_shrunk_head(key: str) -> str | None:
     """`TPNATMHead`: QU laterals, QU decoder layers (torch's own layer names), QU queries, and the inner `atm`."""
-    if match := re.fullmatch(r"decode_head\.input_proj_(\d+)\.(weight|bias)", key):
-        return f"decode_head.query_upsampler.laterals.{int(match.group(1)) - 1}.proj.{match.group(2)}"
-    if match := re.fullmatch(r"decode_head\.proj_norm_(\d+)\.(weight|bias)", key):
-        return f"decode_head.query_upsampler.laterals.{int(match.group(1)) - 1}.norm.{match.group(2)}"
+    if (name := _rename_lateral(key, "decode_head.query_upsampler.laterals.{}")) is not None:
+        return name
     if match := re.fullmatch(r"decode_head\.decoder_(\d+)\.layers\.(\d+)\.(.+)", key):
         stage, layer, rest = int(match.group(1)) - 1, match.group(2), match.group(3)
         return f"decode_head.query_upsampler.decoders.{stage}.{layer}.{rest}"
@@ -197,10 +172,8 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
         if key == "backbone.pos_embed":
             converted["segvit.embeddings.position_embeddings"] = tensor[:, 1:]
         elif match := re.fullmatch(r"backbone\.layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", key):
-            layer, kind = match.groups()
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                converted[f"segvit.layers.{layer}.attention.{name}.{kind}"] = part
-        elif (name := _rename_backbone(key) or rename_head(key)) is not None:
+            converted.update(split_qkv(tensor, *match.groups(), prefix="segvit."))
+        elif (name := rename_key(key, _BACKBONE_RULES) or rename_head(key)) is not None:
             converted[name] = tensor
         else:
             unknown.append(key)
@@ -221,13 +194,17 @@ def convert_official_checkpoint(
     shrink_index: int | None = None,
     preset: str | None = None,
     id2label: dict[int, str] | None = None,
+    **config_overrides: Any,
 ) -> SegViTForSemanticSegmentation:
     """
     Build a [`SegViTForSemanticSegmentation`] from an official SegViT checkpoint.
 
     Widths, depths, class count and position grid are read from the tensors; head counts, `out_indices`, the crop
     size and `shrink_index` come from the arguments, else from `preset` (one of `segvit_hf.PRESETS`). Labels come from
-    `id2label`, else from the preset when its class count matches the checkpoint.
+    `id2label`, else from the preset when its class count matches the checkpoint. `config_overrides` set what the
+    tensors cannot tell, for checkpoints of the paper's ablations: e.g. `segmentation_loss="cross_entropy"` and
+    `per_layer_outputs=True` for the single-layer ATM trained with cross-entropy (Table 4), or
+    `query_downsampling="nearest_qkv"` (Table 7).
 
     Returns the model in eval mode. Raises [`CheckpointConversionError`] for unknown or missing tensors (named),
     or when the arguments disagree with the tensors.
@@ -299,6 +276,7 @@ def convert_official_checkpoint(
         query_upsampling=arch["query_upsampling"],
         id2label=dict(id2label),
         label2id={label: int(i) for i, label in id2label.items()},
+        **config_overrides,
     )
     model = SegViTForSemanticSegmentation(config)
     converted = convert_state_dict(state_dict)
@@ -320,145 +298,11 @@ def convert_official_checkpoint(
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m segvit_hf.conversion",
-        description="Convert an official SegViT checkpoint (mmseg layout) into a transformers checkpoint directory.",
-    )
-    parser.add_argument("checkpoint", help="official .pth file; with --all, the directory holding the released files")
-    parser.add_argument(
-        "output_dir",
-        help="directory to write config.json and model.safetensors to; with --all, the parent of one directory per "
-        "preset",
-    )
-    parser.add_argument(
-        "--all",
-        action="store_true",
-        help="convert every released checkpoint found in the source directory, recognised by its file name, each "
-        "with its processor settings, model card and model code",
-    )
-    parser.add_argument("--push-to-hub", metavar="ORG", help="with --all: upload each model to ORG/segvit-<preset>")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="architecture and labels of a released model")
-    parser.add_argument("--num-attention-heads", type=int)
-    parser.add_argument("--decoder-num-attention-heads", type=int)
-    parser.add_argument("--out-indices", type=int, nargs="+")
-    parser.add_argument("--image-size", type=int, help="training crop size")
-    parser.add_argument("--shrink-index", type=int)
-    args = parser.parse_args(argv)
-    if args.all:
-        overrides = ("preset", "num_attention_heads", "decoder_num_attention_heads", "out_indices", "image_size",
-                     "shrink_index")
-        given = [name for name in overrides if getattr(args, name) is not None]
-        if given:
-            parser.error(f"--all takes the architecture from each file's preset; drop {', '.join(given)}.")
-        results = convert_released_checkpoints(args.checkpoint, args.output_dir, push_to_hub=args.push_to_hub)
-        converted = sum(result.status == "converted" for result in results)
-        failed = sum(result.status == "failed" for result in results)
-        print(f"{converted} of {len(results)} released checkpoints converted, {failed} failed.")
-        if failed or not converted:
-            raise SystemExit(1)
-        return
-    if args.push_to_hub:
-        parser.error("--push-to-hub is for --all; push a single model with segvit_hf.hub.push_to_hub.")
-    model = convert_official_checkpoint(
-        args.checkpoint,
-        num_attention_heads=args.num_attention_heads,
-        decoder_num_attention_heads=args.decoder_num_attention_heads,
-        out_indices=args.out_indices,
-        image_size=args.image_size,
-        shrink_index=args.shrink_index,
-        preset=args.preset,
-    )
-    from .image_processing_segvit import SegViTImageProcessor
-
-    if args.preset is not None:
-        with_background = get_preset(args.preset).dataset == "pascal-context" and model.config.num_labels == 60
-        processor = SegViTImageProcessor.from_preset(args.preset, with_background=with_background)
-    else:
-        processor = SegViTImageProcessor(size={"shortest_edge": model.config.encoder_config.image_size})
-        print("No --preset: the image processor uses ImageNet normalisation; ViT-L 'jax' models need [-1, 1] "
-              "(image_mean = image_std = 0.5): edit preprocessor_config.json if so.")
-    model.save_pretrained(args.output_dir)
-    processor.save_pretrained(args.output_dir)
-    print(f"Wrote {type(model).__name__} ({model.config.num_labels} classes) and its image processor to "
-          f"{args.output_dir}")
-
-
-@dataclass
-class ReleasedCheckpointConversion:
-    """
-    What `--all` did with one released file: `status` is `"converted"`, `"missing"` (not in the source directory)
-    or `"failed"` (with the error in `message`).
-    """
-
-    file_name: str
-    preset: str
-    status: str
-    output_dir: str | None = None
-    num_labels: int | None = None
-    repo_id: str | None = None
-    message: str = ""
-
-
-def convert_released_checkpoints(
-    source_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    *,
-    push_to_hub: str | None = None,
-    api=None,
-) -> list[ReleasedCheckpointConversion]:
-    """
-    Converts each of the seven released checkpoints found in `source_dir` (recognised by the file names of the
-    release, `PRESETS[name].official_checkpoint`) into `output_dir/segvit-<preset>`: weights, configuration (class
-    count read from the tensors: PASCAL-Context files may hold 59 or 60 classes), the preset's image-processor
-    settings, a model card, and the model code so the directory loads with transformers alone. With `push_to_hub`
-    (an organisation or user name) each result is uploaded to `<push_to_hub>/segvit-<preset>` (`api`: the
-    `huggingface_hub.HfApi` to use). One file's failure is reported and the others go on; a line per file is printed.
-    """
-    from .hub import model_card, push_folder_to_hub, save_pretrained_with_code
-    from .image_processing_segvit import SegViTImageProcessor
-
-    source_dir, output_dir = Path(source_dir), Path(output_dir)
-    if not source_dir.is_dir():
-        raise FileNotFoundError(f"{source_dir} is not a directory of released checkpoints.")
-    results = []
-    for preset in PRESETS.values():
-        if preset.official_checkpoint is None:
-            continue
-        result = ReleasedCheckpointConversion(preset.official_checkpoint, preset.name, "missing")
-        results.append(result)
-        path = source_dir / preset.official_checkpoint
-        if not path.is_file():
-            print(f"{preset.official_checkpoint}: missing from {source_dir}")
-            continue
-        try:
-            model = convert_official_checkpoint(path, preset=preset.name)
-            destination = output_dir / f"segvit-{preset.name}"
-            repo_id = f"{push_to_hub}/segvit-{preset.name}" if push_to_hub else None
-            with_background = preset.dataset == "pascal-context" and model.config.num_labels == 60
-            processor = SegViTImageProcessor.from_preset(preset.name, with_background=with_background)
-            save_pretrained_with_code(model, destination, processor)
-            model_card(
-                destination,
-                preset=preset.name,
-                config=model.config,
-                model_id=repo_id,
-                num_parameters=model.num_parameters(),
-            )
-            result.output_dir, result.num_labels = str(destination), model.config.num_labels
-            del model
-            if repo_id is not None:
-                message = f"Convert {preset.official_checkpoint}"
-                push_folder_to_hub(destination, repo_id, commit_message=message, api=api)
-                result.repo_id = repo_id
-            result.status = "converted"
-            print(f"{preset.official_checkpoint}: {preset.name}, {result.num_labels} classes -> {destination}"
-                  + (f" -> {repo_id}" if repo_id else ""))
-        except Exception as error:  # one bad file must not stop the others; the error is reported and fails the run
-            result.status, result.message = "failed", f"{type(error).__name__}: {error}"
-            print(f"{preset.official_checkpoint}: FAILED ({result.message})")
-    return results
-
-
-if __name__ == "__main__":
-    main()
+__all__ = [
+    "CheckpointConversionError",
+    "convert_official_checkpoint",
+    "convert_state_dict",
+    "infer_architecture",
+    "is_shrunk_checkpoint",
+    "load_official_state_dict",
+]

@@ -7,8 +7,8 @@ Sources, each returned as a `datasets.DatasetDict` with splits `"train"` and `"v
   label-map column, e.g. ADE20K's `scene_parse_150` layout (`image`, `annotation`).
 * [`load_folder_dataset`]: a local folder in the ADEChallengeData2016 layout (`images/{training,validation}/*.jpg`,
   `annotations/{training,validation}/*.png`), or the mmseg layouts of COCO-Stuff-10K and PASCAL-Context.
-* [`load_toy_dataset`]: a small synthetic scene-parsing set generated deterministically in code (nothing is
-  downloaded), used by the demo, the examples' defaults and the tests.
+* `segvit_hf.toy.load_toy_dataset`: a small synthetic scene-parsing set generated deterministically in code (nothing
+  is downloaded), used by the demo, the examples' defaults and the tests.
 
 [`load_dataset_source`] picks one from a single string (`"toy"`, a folder, or a Hub id), as the example scripts do.
 
@@ -27,138 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import TrainerCallback
 
-from .transforms import IGNORE_INDEX, Normalize, _check_pair
-
-TOY_CLASSES = ("sky", "grass", "water", "disc", "box", "triangle")
-TOY_ID2LABEL = dict(enumerate(TOY_CLASSES))
-TOY_PALETTE = ((135, 206, 235), (34, 139, 34), (0, 128, 128), (220, 20, 60), (255, 215, 0), (148, 0, 211))
-# The toy set's preprocessing: 64-pixel training crops cut from images resized to a short side of 32 to 128.
-TOY_CROP_SIZE = 64
-TOY_TRAIN_SCALE = (256, 64)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The embedded toy data set
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
-    """Low-frequency noise in [-1, 1]: a coarse random grid bilinearly enlarged to `(height, width)`."""
-    coarse = rng.uniform(-1, 1, (max(height // cell, 1) + 2, max(width // cell, 1) + 2)).astype(np.float32)
-    enlarged = Image.fromarray(coarse, mode="F").resize((width + 2 * cell, height + 2 * cell), Image.BILINEAR)
-    return np.asarray(enlarged)[cell : cell + height, cell : cell + width]
-
-
-def _hsv_colour(hue: float, saturation: float, value: float) -> np.ndarray:
-    """An RGB colour (float32, 0-255) from hue in degrees and saturation / value in [0, 1]."""
-    pixel = np.array([[[hue % 360 / 360 * 255, saturation * 255, value * 255]]], dtype=np.uint8)
-    return np.asarray(Image.fromarray(pixel, mode="HSV").convert("RGB"), dtype=np.float32)[0, 0]
-
-
-def _toy_texture(class_id: int, rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """The `(H, W, 3)` float texture of one class over the whole canvas (the shape mask selects where it shows)."""
-    height, width = ys.shape
-    jitter = rng.uniform(-1, 1, 3)
-    if class_id == 0:  # sky: light blue, brighter towards the top, soft clouds
-        base = _hsv_colour(210 + 10 * jitter[0], 0.45 + 0.1 * jitter[1], 0.9)
-        texture = base * (1.05 - 0.3 * ys / height)[..., None]
-        texture = texture + 35 * np.clip(_smooth_noise(rng, height, width, 12), 0, 1)[..., None]
-    elif class_id == 1:  # grass: green with fine speckle
-        base = _hsv_colour(105 + 12 * jitter[0], 0.65 + 0.1 * jitter[1], 0.55 + 0.1 * jitter[2])
-        texture = base * (1 + 0.25 * rng.standard_normal((height, width)))[..., None]
-    elif class_id == 2:  # water: teal with horizontal ripples
-        base = _hsv_colour(180 + 10 * jitter[0], 0.7, 0.6 + 0.1 * jitter[1])
-        period = rng.uniform(4, 7)
-        ripples = np.sin(2 * np.pi * ys / period + 0.6 * np.sin(xs / 9 + rng.uniform(0, 6)))
-        texture = base * (1 + 0.22 * ripples)[..., None]
-    elif class_id == 3:  # disc: red-orange with radial shading (added by the caller's mask geometry)
-        texture = np.broadcast_to(_hsv_colour(8 + 10 * jitter[0], 0.8, 0.85 + 0.1 * jitter[1]), (height, width, 3))
-    elif class_id == 4:  # box: yellow with diagonal stripes
-        base = _hsv_colour(50 + 8 * jitter[0], 0.75, 0.9)
-        period = rng.uniform(5, 9)
-        stripes = (np.floor((xs + ys) / period) % 2)[..., None]
-        texture = base * (0.7 + 0.3 * stripes)
-    else:  # triangle: purple checkerboard
-        base = _hsv_colour(285 + 12 * jitter[0], 0.6, 0.75)
-        cell = int(rng.integers(3, 6))
-        checker = ((ys // cell + xs // cell) % 2)[..., None]
-        texture = base * (0.65 + 0.35 * checker)
-    return np.asarray(texture, dtype=np.float32)
-
-
-def make_toy_sample(index: int, seed: int = 0) -> tuple[Image.Image, Image.Image]:
-    """
-    One toy scene, a pure function of `(seed, index)`: an RGB image of 48-112 x 56-144 pixels and its label map
-    (`TOY_CLASSES` ids). Sky above a wavy horizon, grass below, often a water band, then 1-4 discs, boxes and
-    triangles that may occlude each other. Each disc has a 1-pixel unlabelled (255) rim. Colours and textures vary
-    per image, and the image carries Gaussian noise.
-    """
-    rng = np.random.default_rng([seed, index])
-    height, width = int(rng.integers(48, 113)), int(rng.integers(56, 145))
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    horizon = height * rng.uniform(0.3, 0.6) + 4 * np.sin(xs / rng.uniform(6, 14) + rng.uniform(0, 6))
-    label = np.where(ys < horizon, 0, 1).astype(np.uint8)
-    if rng.random() < 0.6:
-        water_top = horizon + height * rng.uniform(0.1, 0.25)
-        water_bottom = water_top + height * rng.uniform(0.12, 0.3)
-        label[(ys >= water_top) & (ys < water_bottom)] = 2
-    image = np.zeros((height, width, 3), dtype=np.float32)
-    for class_id in (0, 1, 2):
-        image[label == class_id] = _toy_texture(class_id, rng, ys, xs)[label == class_id]
-
-    scale = min(height, width)
-    for _ in range(int(rng.integers(1, 5))):
-        class_id = int(rng.integers(3, 6))
-        cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.1, 0.9) * width
-        size = scale * rng.uniform(0.14, 0.3)
-        texture = _toy_texture(class_id, rng, ys, xs)
-        if class_id == 3:
-            distance = np.hypot(ys - cy, xs - cx)
-            inside = distance <= size
-            rim = inside & (distance > size - 1)
-            texture = texture * (1.1 - 0.35 * np.clip(distance / size, 0, 1))[..., None]
-        elif class_id == 4:
-            half_h, half_w = size * rng.uniform(0.6, 1.2), size * rng.uniform(0.6, 1.2)
-            inside = (np.abs(ys - cy) <= half_h) & (np.abs(xs - cx) <= half_w)
-            rim = None
-        else:
-            # An upward triangle: below the apex and within the two sloped edges.
-            apex_y, base_y = cy - size, cy + 0.8 * size
-            half_width = (ys - apex_y) / (base_y - apex_y) * size * rng.uniform(0.8, 1.2)
-            inside = (ys >= apex_y) & (ys <= base_y) & (np.abs(xs - cx) <= half_width)
-            rim = None
-        image[inside] = texture[inside]
-        label[inside] = class_id
-        if rim is not None:
-            label[rim] = IGNORE_INDEX
-
-    image = image + rng.normal(0, rng.uniform(4, 12), image.shape)
-    image = np.clip(image, 0, 255).round().astype(np.uint8)
-    return Image.fromarray(image, mode="RGB"), Image.fromarray(label, mode="L")
-
-
-def load_toy_dataset(num_train: int = 384, num_validation: int = 64, seed: int = 0):
-    """
-    The embedded toy data set as a `datasets.DatasetDict` with splits `"train"` and `"validation"` and columns
-    `"image"` / `"label"`. Fully determined by `(num_train, num_validation, seed)`; labels are [`TOY_ID2LABEL`] ids
-    (no reduction needed) and 255 on disc rims.
-    """
-    import datasets
-
-    if num_train < 1 or num_validation < 1:
-        raise ValueError(f"The toy data set needs at least one image per split, got {num_train} / {num_validation}.")
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
-    splits = {}
-    # Validation images come from indices past the training ones, so the splits never share a scene.
-    for name, start, count in (("train", 0, num_train), ("validation", num_train, num_validation)):
-        samples = [make_toy_sample(index, seed) for index in range(start, start + count)]
-        splits[name] = datasets.Dataset.from_dict(
-            {"image": [image for image, _ in samples], "label": [label for _, label in samples]}, features=features
-        )
-    return datasets.DatasetDict(splits)
-
+from .configuration_segvit import IGNORE_INDEX
+from .image_processing_segvit import reduce_labels, to_8bit_image
+from .toy import TOY_ID2LABEL, load_toy_dataset
+from .transforms import Normalize, build_eval_transforms, build_train_transforms, check_pair
 
 # --------------------------------------------------------------------------------------------------------------------
 # Hub data sets and local folders
@@ -286,6 +159,9 @@ def load_folder_dataset(root: str | os.PathLike, layout: str = "ade20k"):
     `images/{training,validation}/*.jpg` with `annotations/{training,validation}/*.png` of the same name),
     `"cocostuff10k"` or `"pascal-context"` (mmseg's converted layouts). Whether labels need reducing is
     `FOLDER_LAYOUTS[layout].reduce_labels`.
+
+    Items come as PIL images, each decoded in full when accessed ([`open_folder_examples`]): a corrupt file, or a
+    label map whose size differs from its image's, raises an error that names the file.
     """
     import datasets
 
@@ -295,12 +171,43 @@ def load_folder_dataset(root: str | os.PathLike, layout: str = "ade20k"):
     if not root.is_dir():
         raise FileNotFoundError(f"Data set folder {root} does not exist.")
     layout_spec = FOLDER_LAYOUTS[layout]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+    # The files are opened by `open_folder_examples`, not by datasets' decoder, whose errors do not name the file.
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.Image(decode=False)})
     splits = {}
     for split in ("train", "validation"):
         images, labels = _split_files(root, layout_spec, split)
-        splits[split] = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        splits[split] = dataset.with_transform(open_folder_examples)
     return datasets.DatasetDict(splits)
+
+
+def _open_image_file(path: str) -> Image.Image:
+    """The image at `path`, decoded in full; an unreadable or corrupt file raises an `OSError` naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, ValueError) as error:  # PIL reports truncated and corrupt data as either
+        raise OSError(f"Cannot read {path}: {error}") from error
+
+
+def open_folder_examples(batch: dict[str, list]) -> dict[str, list]:
+    """
+    The `datasets` transform of [`load_folder_dataset`]: each `{"path": ...}` entry of the `"image"` and `"label"`
+    columns opened as a PIL image, every file named in the error when it cannot be read, and each label map checked
+    to have its image's size.
+    """
+    opened = {column: [_open_image_file(item["path"]) for item in items] for column, items in batch.items()}
+    if {"image", "label"} <= opened.keys():
+        pairs = zip(opened["image"], opened["label"], batch["image"], batch["label"])
+        for image, label, image_item, label_item in pairs:
+            if image.size != label.size:
+                raise ValueError(
+                    f"The label map {label_item['path']} is {label.width}x{label.height} pixels but its image "
+                    f"{image_item['path']} is {image.width}x{image.height}: each map must label its image pixel for "
+                    "pixel."
+                )
+    return opened
 
 
 @dataclass
@@ -351,7 +258,7 @@ def to_numpy_pair(image, label) -> tuple[np.ndarray, np.ndarray]:
     single-channel (modes "L", "P", "I", "I;16"): palette images give their indices, as class ids should be.
     """
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.asarray(to_8bit_image(image).convert("RGB"))
     if isinstance(label, Image.Image):
         if label.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
             raise ValueError(
@@ -361,18 +268,16 @@ def to_numpy_pair(image, label) -> tuple[np.ndarray, np.ndarray]:
     image, label = np.asarray(image), np.asarray(label)
     if image.dtype != np.uint8:
         raise TypeError(f"Images must be uint8 RGB, got dtype {image.dtype}.")
+    if label.ndim != 2:
+        raise ValueError(
+            f"Label maps must be single-channel (height, width) maps of class ids, got an array of shape {label.shape}"
+            + (": turn a colour-coded map into class ids first." if label.ndim == 3 else ".")
+        )
     if label.dtype.kind not in "iu":
         raise TypeError(f"Label maps must hold integer class ids, got dtype {label.dtype}.")
     label = label.astype(np.int64)
-    _check_pair(image, label)
+    check_pair(image, label)
     return image, label
-
-
-def reduce_label_map(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """ADE20K-style label reduction: raw 0 ("other" / unlabelled) -> `ignore_index`, k -> k - 1, ignore stays."""
-    reduced = label - 1
-    reduced[(label == 0) | (label == ignore_index)] = ignore_index
-    return reduced
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -389,7 +294,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         split: a `datasets.Dataset` (or any indexable) whose items have `"image"` and `"label"`.
         transform: `(image, label, rng) -> (image, label)`.
         image_mean, image_std: normalisation used when `transform` leaves a uint8 image.
-        reduce_labels: apply [`reduce_label_map`] first (ADE20K, COCO-Stuff-10K, PASCAL-Context 59).
+        reduce_labels: apply ADE20K's label reduction first (0 -> `ignore_index`, k -> k - 1:
+            `segvit_hf.image_processing_segvit.reduce_labels`; ADE20K, COCO-Stuff-10K, PASCAL-Context 59).
         num_labels: when given, labels outside `[0, num_labels)` other than `ignore_index` raise a ValueError
             naming the sample.
         seed: base seed of the augmentation.
@@ -426,7 +332,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         example = self.split[index]
         image, label = to_numpy_pair(example["image"], example["label"])
         if self.reduce_labels:
-            label = reduce_label_map(label, self.ignore_index)
+            label = reduce_labels(label, self.ignore_index)
         if self.num_labels is not None:
             bad = (label < 0) | (label >= self.num_labels)
             bad &= label != self.ignore_index
@@ -479,34 +385,6 @@ def collate_segmentation(
     return batch
 
 
-def toy_model_config(**overrides):
-    """
-    A small SegViT for the toy data set (about 1.3M parameters): ViT with patch 8 and 64-pixel crops (an 8 x 8 token
-    grid), width 96, 6 layers, features of layers [1, 3, 5]; ATM decoder of width 64. It trains on 2 CPU cores in a
-    few minutes. `overrides` replace any configuration attribute.
-    """
-    from .configuration_segvit import SegViTConfig
-
-    values = {
-        "encoder_config": {
-            "hidden_size": 96,
-            "num_hidden_layers": 6,
-            "num_attention_heads": 4,
-            "intermediate_size": 384,
-            "image_size": TOY_CROP_SIZE,
-            "patch_size": 8,
-        },
-        "out_indices": [1, 3, 5],
-        "decoder_hidden_size": 64,
-        "decoder_num_attention_heads": 4,
-        "drop_path_rate": 0.0,
-        "id2label": dict(TOY_ID2LABEL),
-        "label2id": {name: i for i, name in TOY_ID2LABEL.items()},
-    }
-    values.update(overrides)
-    return SegViTConfig(**values)
-
-
 def build_segmentation_datasets(
     source: DataSource,
     crop_size: int | tuple[int, int],
@@ -525,8 +403,6 @@ def build_segmentation_datasets(
     (`build_train_transforms`; `train_scale` defaults to `(2048, crop)`), and fixed crop-size inputs for the metric
     monitored during training (`build_eval_transforms`).
     """
-    from .transforms import build_eval_transforms, build_train_transforms
-
     train_transform = build_train_transforms(
         crop_size,
         image_mean,
@@ -551,25 +427,9 @@ def build_segmentation_datasets(
     return train, evaluation
 
 
-class DatasetEpochCallback(TrainerCallback):
-    """Tells a [`SegmentationDataset`] training set which epoch starts, so that its augmentation draws follow it."""
-
-    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        dataset = getattr(train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            # `state.epoch` is fractional when resuming mid-epoch; its integer part is the epoch being run.
-            dataset.set_epoch(int(state.epoch or 0))
-
-
 __all__ = [
     "FOLDER_LAYOUTS",
-    "TOY_CLASSES",
-    "TOY_CROP_SIZE",
-    "TOY_ID2LABEL",
-    "TOY_PALETTE",
-    "TOY_TRAIN_SCALE",
     "DataSource",
-    "DatasetEpochCallback",
     "FolderLayout",
     "SegmentationDataset",
     "build_segmentation_datasets",
@@ -577,9 +437,6 @@ __all__ = [
     "load_dataset_source",
     "load_folder_dataset",
     "load_hub_dataset",
-    "load_toy_dataset",
-    "make_toy_sample",
-    "reduce_label_map",
+    "open_folder_examples",
     "to_numpy_pair",
-    "toy_model_config",
 ]

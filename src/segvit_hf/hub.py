@@ -6,8 +6,11 @@
   `pipeline("image-segmentation", model=path, trust_remote_code=True)` work with transformers alone.
 - [`model_card`] writes the README.md: Hub metadata (library, pipeline tag, license, datasets, tags and a
   `model-index` with the mIoU), intended use, usage, architecture, evaluation protocol, training recipe and citation.
-  Figures from the paper are marked as reported, figures measured with this package as measured.
+  Figures from the paper (kept with the presets, `segvit_hf.presets`) are marked as reported, figures measured with
+  this package as measured.
 - [`push_to_hub`] and [`push_folder_to_hub`] upload such a checkpoint in one commit.
+- [`download_hub_file`] fetches one file through huggingface_hub and says plainly when it is neither in the local
+  cache nor reachable (offline mode, no connection).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 from .configuration_segvit import SegViTConfig, as_pair
 from .presets import get_preset
@@ -38,18 +42,6 @@ CITATION = """@inproceedings{zhang2022segvit,
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2022}
 }"""
-
-# mIoU (%) of the released checkpoints: single scale from the official release's results table, multi-scale from the
-# paper's Tables 1-3 (PASCAL-Context: averaged over its 59 classes).
-REPORTED_MIOU: dict[str, dict[str, float]] = {
-    "ade20k-vit-b": {"ss": 51.3, "ms": 53.0},
-    "ade20k-vit-l": {"ss": 54.6, "ms": 55.2},
-    "ade20k-vit-l-shrunk": {"ss": 53.9, "ms": 55.1},
-    "cocostuff10k-vit-l": {"ss": 49.9, "ms": 50.3},
-    "cocostuff10k-vit-l-shrunk": {"ss": 49.1, "ms": 49.4},
-    "pascal-context-vit-l": {"ss": 64.1, "ms": 65.3},
-    "pascal-context-vit-l-shrunk": {"ss": 62.3, "ms": 63.7},
-}
 
 _SCALE_NAMES = {"ss": "single-scale", "ms": "multi-scale (0.5-1.75, flip)"}
 
@@ -67,12 +59,36 @@ _DATASET_CARDS = {
     "cocostuff": _DatasetCard("cocostuff10k", "COCO-Stuff-10K", "test"),
     "pascal-context": _DatasetCard("pascal_context", "PASCAL-Context", "validation"),
 }
-# Schedule of the official configuration per dataset: (iterations, weight decay, polynomial decay power).
-_TRAINING_SCHEDULES = {
-    "ade20k": (160_000, 0.01, 1.0),
-    "cocostuff": (80_000, 0.02, 2.0),
-    "pascal-context": (80_000, 0.03, 1.0),
-}
+
+
+class HubUnreachableError(OSError):
+    """A file is not in the local cache and cannot be downloaded: offline mode is on, or the Hub cannot be reached."""
+
+
+def download_hub_file(repo_id: str, filename: str, **hub_kwargs: Any) -> str:
+    """
+    `huggingface_hub.hf_hub_download(repo_id, filename, **hub_kwargs)`: the local path of the file, from the cache or
+    downloaded (`revision`, `cache_dir`, `token`, `local_files_only`, ... are passed on).
+
+    Raises:
+        HubUnreachableError: the file is not cached and cannot be fetched. huggingface_hub reports this as a
+            `LocalEntryNotFoundError`, which is also an `EntryNotFoundError` ("the repository has no such file"):
+            this tells the two apart.
+        huggingface_hub's own errors otherwise (`EntryNotFoundError`, `RepositoryNotFoundError`, ...).
+    """
+    try:
+        return hf_hub_download(repo_id, filename, **hub_kwargs)
+    except LocalEntryNotFoundError as error:
+        if constants.HF_HUB_OFFLINE:
+            why = "offline mode is on (HF_HUB_OFFLINE)"
+        elif hub_kwargs.get("local_files_only"):
+            why = "local_files_only=True"
+        else:
+            why = "the Hub cannot be reached"
+        raise HubUnreachableError(
+            f"{filename} of {repo_id!r} is not in the local Hugging Face cache and {why}: connect to the Hub once to "
+            "download it, or use a local directory."
+        ) from error
 
 
 def _module_file(cls: type) -> Path:
@@ -201,29 +217,28 @@ def _architecture_table(config: SegViTConfig, preset, num_parameters: int | None
 
 def _training_recipe(preset) -> str:
     dataset = _DATASET_CARDS[preset.dataset]
-    iterations, weight_decay, poly_power = _TRAINING_SCHEDULES[preset.dataset]
+    schedule = preset.training_schedule
     large = preset.encoder["hidden_size"] == 1024
     weights = (
         "ImageNet-21k AugReg ViT-L/16 (384), the \"jax\" weights" if large else "ImageNet-21k ViT-B/16 (384)"
     )
     normalisation = "[-1, 1] (mean = std = 127.5)" if large else "ImageNet mean and standard deviation"
+    learning_rate = f"{preset.learning_rate:.0e}".replace("e-0", "e-")  # 2e-5, as the official configuration
     return "\n".join([
         f"- Encoder initialised from {weights}; ATM decoder from scratch.",
-        f"- {dataset.name} train split, {iterations // 1000}k iterations at batch size 16, "
+        f"- {dataset.name} train split, {schedule.iterations // 1000}k iterations at batch size 16, "
         f"{preset.crop_size} x {preset.crop_size} crops.",
         "- Augmentation: random rescale (ratio 0.5-2.0), random crop with no class above 75% of the crop, "
         "horizontal flip, photometric distortion; images normalised to " + normalisation + ".",
-        f"- AdamW, learning rate {'2e-5' if large else '6e-5'} (x10 for the decoder), betas (0.9, 0.999), weight "
-        f"decay {weight_decay} (none on norms); polynomial decay (power {poly_power}) after 1500 "
+        f"- AdamW, learning rate {learning_rate} (x10 for the decoder), betas (0.9, 0.999), weight "
+        f"decay {schedule.weight_decay} (none on norms); polynomial decay (power {schedule.poly_power}) after 1500 "
         "linear warm-up iterations; gradient clipping at 35.",
         f"- Stochastic depth {preset.drop_path_rate}; ATM loss: cross-entropy (no-object weight 0.1) + 20 x focal "
         "+ 1 x dice, summed over stages.",
     ])
 
 
-def _eval_results(
-    preset_name: str | None, dataset: _DatasetCard | None, measured: Mapping[str, float]
-) -> list[EvalResult]:
+def _eval_results(preset, dataset: _DatasetCard | None, measured: Mapping[str, float]) -> list[EvalResult]:
     """
     One model-index metric per figure. The model-index keeps one `source` per task and dataset (huggingface_hub
     merges results on re-saving), so provenance lives in each metric's name: reported by the authors, or measured.
@@ -240,7 +255,7 @@ def _eval_results(
     )
     results = [
         EvalResult(**common, metric_value=value, metric_name=f"mIoU ({_SCALE_NAMES[scale]}, reported by the authors)")
-        for scale, value in REPORTED_MIOU.get(preset_name, {}).items()
+        for scale, value in (preset.reported_miou if preset is not None else {}).items()
     ]
     results += [
         EvalResult(
@@ -251,8 +266,8 @@ def _eval_results(
     return results
 
 
-def _evaluation_section(preset_name, preset, dataset, measured, measured_with) -> str:
-    reported = REPORTED_MIOU.get(preset_name, {})
+def _evaluation_section(preset, dataset, measured, measured_with) -> str:
+    reported = preset.reported_miou if preset is not None else {}
     if not reported and not measured:
         return "No evaluation results yet."
     lines = ["| Protocol | mIoU (%) | Source |", "|---|---|---|"]
@@ -326,7 +341,7 @@ def model_card(
     if config is None:
         if chosen is None:
             raise ValueError("Give a `preset` or a `config` to describe.")
-        config = SegViTConfig.from_preset(chosen.name)
+        config = chosen.config()
     if not isinstance(config, SegViTConfig) and getattr(config, "model_type", None) != SegViTConfig.model_type:
         raise TypeError(f"`config` must be a SegViTConfig, got {type(config).__name__}.")
     measured = _validated_scales(measured_miou)
@@ -353,7 +368,7 @@ def model_card(
         datasets=[dataset_card.hub_id] if dataset_card is not None else None,
         base_model=base_model,
         model_name=name,
-        eval_results=_eval_results(chosen.name if chosen else None, dataset_card, measured) or None,
+        eval_results=_eval_results(chosen, dataset_card, measured) or None,
         **license_fields,
     )
 
@@ -395,7 +410,7 @@ def model_card(
         "## Architecture",
         _architecture_table(config, chosen, num_parameters),
         "## Evaluation",
-        _evaluation_section(chosen.name if chosen else None, chosen, dataset_card, measured, measured_with),
+        _evaluation_section(chosen, dataset_card, measured, measured_with),
     ]
     if chosen is not None:
         sections += [
@@ -492,7 +507,8 @@ def push_to_hub(
 
 
 __all__ = [
-    "REPORTED_MIOU",
+    "HubUnreachableError",
+    "download_hub_file",
     "model_card",
     "push_folder_to_hub",
     "push_to_hub",

@@ -8,9 +8,11 @@ class, so `SegViTImageProcessor()` always works.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import PilBackend
@@ -28,22 +30,19 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, is_torchvision_available, logging
 
+from .configuration_segvit import IGNORE_INDEX, as_pair
 from .modeling_segvit import mask_cell_size
-from .presets import get_preset
 
 logger = logging.get_logger(__name__)
-
-# Test-time `img_scale` of the official configurations, as (longest edge, shortest edge) bounds: ADE20K and
-# COCO-Stuff rescale the short side to the crop with the long side at most 2048. PASCAL-Context's test resize is
-# "fit in 520x520" but with the official `min_size=480` option, which makes mmseg rescale the short side to 520 with
-# no bound on the long side.
-_TEST_SCALE_BY_DATASET = {"ade20k": (2048, None), "cocostuff": (2048, None), "pascal-context": (None, 520)}
 
 # Upper bound on the elements of one band of full-resolution masks or scores: post-processing works band by band of
 # rows so that no `(labels, height, width)` tensor at a photo's size ever exists.
 MAX_BAND_ELEMENTS = 2**22
 
 _VALID_CHANNEL_COUNTS = (1, 3, 4)
+
+# Pillow modes of more than 8 bits per pixel: 16-bit, 32-bit integer and 32-bit float grayscale.
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 class SegViTImageProcessorKwargs(ImagesKwargs, total=False):
@@ -72,22 +71,52 @@ def get_resize_output_size(height: int, width: int, size: SizeDict | dict) -> tu
       evaluation). Images are scaled up as well as down.
     - `{"shortest_edge": s}`: the short side becomes `s`, aspect kept.
     """
-    size = SizeDict(**dict(size)) if not isinstance(size, SizeDict) else size
-    if size.height and size.width and not (size.shortest_edge or size.longest_edge):
+    size = validate_size(size)
+    if size.height:
         return int(size.height), int(size.width)
-    if size.shortest_edge and not (size.height or size.width):
-        scale = size.shortest_edge / min(height, width)
-        if size.longest_edge:
-            scale = min(scale, size.longest_edge / max(height, width))
-        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
-    raise ValueError(
-        "`size` must be {'height': h, 'width': w}, {'shortest_edge': s} or {'shortest_edge': s, 'longest_edge': l}, "
-        f"got {dict(size)}."
-    )
+    return keep_ratio_size(height, width, size.shortest_edge, size.longest_edge)
 
 
-def _channel_layout(image: np.ndarray | torch.Tensor, input_data_format: ChannelDimension | str | None) -> str:
-    """'first' or 'last' for a 3-D array, checking that the channel axis holds 1, 3 or 4 channels."""
+def keep_ratio_size(
+    height: int, width: int, shortest_edge: float, longest_edge: float | None = None
+) -> tuple[int, int]:
+    """
+    mmcv's keep-ratio rescale (`imrescale`): the `(height, width)` with the input's aspect ratio at the largest scale
+    that brings the short side to at most `shortest_edge` and the long side to at most `longest_edge` (no bound when
+    `None`), rounding half up, at least one pixel. The official training augmentation and test resize both use it.
+    """
+    scale = shortest_edge / min(height, width)
+    if longest_edge:
+        scale = min(scale, longest_edge / max(height, width))
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def validate_size(size: SizeDict | dict) -> SizeDict:
+    """
+    `size` as a `SizeDict`, checked: `{"height", "width"}`, `{"shortest_edge"}` or `{"shortest_edge",
+    "longest_edge"}`, every value a positive number. Raises a `ValueError` naming the size otherwise.
+    """
+    size = SizeDict(**dict(size)) if not isinstance(size, SizeDict) else size
+    given = {key: value for key, value in dict(size).items() if value is not None}
+    if set(given) not in ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"}):
+        raise ValueError(
+            "`size` must be {'height': h, 'width': w}, {'shortest_edge': s} or {'shortest_edge': s, 'longest_edge': "
+            f"l}}, got {given}."
+        )
+    if any(isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 for value in given.values()):
+        raise ValueError(f"Every value of `size` must be a positive number of pixels, got {given}.")
+    return size
+
+
+def infer_channel_layout(image: np.ndarray | torch.Tensor, input_data_format: ChannelDimension | str | None) -> str:
+    """
+    'channels_first' or 'channels_last' for a 3-D array, checking that the channel axis holds 1, 3 or 4 channels.
+    When both ends could be channels (`(1, 500, 3)`, `(4, 5, 3)`), channels-last wins unless only the first axis holds
+    3: an RGB last axis is far likelier than an image 1 to 4 pixels high, and NumPy and PIL arrays are channels-last.
+
+    transformers' `infer_channel_dimension_format` picks channels-first in that case, does not check the channel
+    count of a given `input_data_format`, and its errors do not say which shapes are expected: hence this function.
+    """
     if input_data_format is not None:
         layout = ChannelDimension(input_data_format)
         channels = image.shape[0] if layout == ChannelDimension.FIRST else image.shape[-1]
@@ -97,9 +126,17 @@ def _channel_layout(image: np.ndarray | torch.Tensor, input_data_format: Channel
                 f"of shape {tuple(image.shape)}, got {channels}."
             )
         return layout.value
-    if image.shape[0] in _VALID_CHANNEL_COUNTS:
+    first, last = image.shape[0] in _VALID_CHANNEL_COUNTS, image.shape[-1] in _VALID_CHANNEL_COUNTS
+    if first and last:
+        layout = ChannelDimension.FIRST if image.shape[0] == 3 and image.shape[-1] != 3 else ChannelDimension.LAST
+        logger.warning_once(
+            f"An image of shape {tuple(image.shape)} could be channels-first or channels-last; it is read as "
+            f"{layout.value}. Pass `input_data_format` to choose."
+        )
+        return layout.value
+    if first:
         return ChannelDimension.FIRST.value
-    if image.shape[-1] in _VALID_CHANNEL_COUNTS:
+    if last:
         return ChannelDimension.LAST.value
     raise ValueError(
         "Expected an image with 1 (grayscale), 3 (RGB) or 4 (RGBA) channels, as (height, width), (channels, height, "
@@ -107,11 +144,40 @@ def _channel_layout(image: np.ndarray | torch.Tensor, input_data_format: Channel
     )
 
 
+def to_8bit_image(image: PIL.Image.Image) -> PIL.Image.Image:
+    """
+    A grayscale PIL image of more than 8 bits per pixel as an 8-bit one (mode "L"), scaled by its range, where
+    `Image.convert("RGB")` would clip every value above 255. 16-bit images (modes "I;16*") and 32-bit integer ones
+    (mode "I", as Pillow reads some 16-bit files) with values in [0, 65535] are divided by 257; 32-bit float ones
+    (mode "F") are multiplied by 255 when their values lie in [0, 1], and kept when they lie in [0, 255]. Other
+    ranges raise a `ValueError`; images of other modes are returned unchanged.
+    """
+    if image.mode not in _HIGH_BIT_DEPTH_MODES:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if np.isfinite(values).all() else (np.nan, np.nan)
+    if image.mode == "F":
+        scale = 255.0 if 0 <= low and high <= 1 else 1.0 if 0 <= low and high <= 255 else None
+    else:
+        scale = 1 / 257 if 0 <= low and high <= 65535 else None
+    if scale is None:
+        expected = "[0, 1] or [0, 255]" if image.mode == "F" else "[0, 65535] (16 bits)"
+        raise ValueError(
+            f"A mode {image.mode!r} image holds values in [{low}, {high}], outside {expected}: its brightness scale is "
+            "unknown. Convert it to an 8-bit image (or a uint8 array) first."
+        )
+    return PIL.Image.fromarray(np.round(values * scale).astype(np.uint8), mode="L")
+
+
 def get_image_size(image: ImageInput, input_data_format: ChannelDimension | str | None = None) -> tuple[int, int]:
     """
     `(height, width)` of a PIL image, or of a NumPy array / torch tensor laid out as `(H, W)`, `(C, H, W)` or
     `(H, W, C)` with 1, 3 or 4 channels. Raises a `ValueError` for other shapes and for empty images, a `TypeError` for
     other types.
+
+    transformers' `get_image_size` reads any array without these checks (and cannot read `(H, W)` grayscale arrays);
+    the image processor validates every input image with this one, so users get an error naming the image and the
+    expected layouts instead of a failure deep inside resizing.
     """
     if is_pil_image(image):
         width, height = image.size
@@ -119,7 +185,7 @@ def get_image_size(image: ImageInput, input_data_format: ChannelDimension | str 
         if image.ndim == 2:
             height, width = image.shape
         elif image.ndim == 3:
-            layout = _channel_layout(image, input_data_format)
+            layout = infer_channel_layout(image, input_data_format)
             height, width = image.shape[1:] if layout == ChannelDimension.FIRST.value else image.shape[:2]
         else:
             raise ValueError(
@@ -151,8 +217,11 @@ def resize_label_map(label_map: np.ndarray, height: int, width: int) -> np.ndarr
     return label_map[np.ix_(rows, cols)]
 
 
-def reduce_labels(label_map: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """ADE20K's label reduction on an int64 map: 0 ("other") -> `ignore_index`, k -> k - 1, `ignore_index` kept."""
+def reduce_labels(label_map: np.ndarray | torch.Tensor, ignore_index: int = IGNORE_INDEX) -> np.ndarray | torch.Tensor:
+    """
+    ADE20K's label reduction on a signed integer map (NumPy array or torch tensor, returned as a new one of the same
+    kind): 0 ("other" / unlabelled) -> `ignore_index`, k -> k - 1, `ignore_index` kept.
+    """
     reduced = label_map - 1
     reduced[(label_map == 0) | (label_map == ignore_index)] = ignore_index
     return reduced
@@ -186,8 +255,19 @@ def _label_map_to_numpy(label_map: Any, index: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def _is_colour_array(array: Any) -> bool:
+    """Whether `array` is shaped like one `(H, W, 3)` RGB or `(H, W, 4)` RGBA image."""
+    return isinstance(array, (np.ndarray, torch.Tensor)) and array.ndim == 3 and array.shape[-1] in (3, 4)
+
+
 def _flatten_images(images: Any, expected_ndims: int) -> list:
-    """One level of nesting removed; a single image or a stacked batch (one more dimension) becomes a list."""
+    """
+    One level of nesting removed; a single image or a stacked batch (one more dimension) becomes a list.
+
+    transformers' `make_flat_list_of_images` rejects `(H, W)` grayscale arrays, lists mixing images and lists of
+    images, and anything that is not an image with one message for the whole input; this keeps every item so that
+    [`get_image_size`] can name the one at fault.
+    """
     if isinstance(images, (list, tuple)):
         flat = []
         for item in images:
@@ -240,22 +320,15 @@ def _as_target_sizes(target_sizes: Any, batch_size: int) -> list[tuple[int, int]
     return sizes
 
 
-def _score_bands(
-    class_queries_logits: torch.Tensor,
-    masks_queries_logits: torch.Tensor,
-    size: tuple[int, int],
-    cell_size: tuple[int, int],
-):
+def _mask_bands(masks_queries_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]):
     """
-    Yields `(top, bottom, scores)` for consecutive bands of rows of the ATM scores at `size`, `scores` being
-    `(batch, labels, bottom - top, size[1])`. Each band of grid rows is resized together with one neighbouring grid row
+    Yields `(top, bottom, masks)` for consecutive bands of rows of the sigmoid masks at `size`, `masks` being
+    `(batch, queries, bottom - top, size[1])`. Each band of grid rows is resized together with one neighbouring grid row
     on either side, which gives its pixels exactly the bilinear weights of the whole-map resize.
     """
-    batch_size, num_queries, grid_h, grid_w = masks_queries_logits.shape
+    _, num_queries, grid_h, grid_w = masks_queries_logits.shape
     cell_h, cell_w = cell_size
-    dtype = torch.promote_types(masks_queries_logits.dtype, torch.float32)
-    class_probabilities = class_queries_logits.to(dtype).softmax(dim=-1)[..., :-1].transpose(1, 2)
-    masks_queries_logits = masks_queries_logits.to(dtype)
+    masks_queries_logits = masks_queries_logits.to(torch.promote_types(masks_queries_logits.dtype, torch.float32))
     cells_per_band = max(1, MAX_BAND_ELEMENTS // (num_queries * cell_h * grid_w * cell_w))
     for first in range(0, grid_h, cells_per_band):
         top = first * cell_h
@@ -271,8 +344,13 @@ def _score_bands(
         )
         bottom = min(last * cell_h, size[0])
         offset = (first - context_first) * cell_h
-        band = band[:, :, offset : offset + bottom - top, : size[1]].sigmoid()
-        yield top, bottom, torch.matmul(class_probabilities, band.flatten(2)).unflatten(-1, (-1, size[1]))
+        yield top, bottom, band[:, :, offset : offset + bottom - top, : size[1]].sigmoid()
+
+
+def _class_probabilities(class_queries_logits: torch.Tensor) -> torch.Tensor:
+    """`(batch, queries, labels)`: each query's softmax over the labels and "no object", the latter dropped."""
+    dtype = torch.promote_types(class_queries_logits.dtype, torch.float32)
+    return class_queries_logits.to(dtype).softmax(dim=-1)[..., :-1]
 
 
 def segmentation_scores(
@@ -298,19 +376,24 @@ def segmentation_scores(
     Returns:
         `(batch, num_labels, height, width)` scores, in fp32 at least.
     """
-    patch = patch_size if isinstance(patch_size, (tuple, list)) else (patch_size, patch_size)
-    input_size = (int(input_size[0]), int(input_size[1]))
-    cell_size = mask_cell_size(masks_queries_logits.shape[-2:], input_size, patch)
+    input_size, cell_size = _input_cells(masks_queries_logits, input_size, patch_size)
     return _scores_in_region(class_queries_logits, masks_queries_logits, input_size, cell_size)
+
+
+def _input_cells(masks_queries_logits, input_size, patch_size) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The input's `(height, width)` and the pixels each cell of the mask grid covers there."""
+    patch = as_pair(patch_size)
+    input_size = (int(input_size[0]), int(input_size[1]))
+    return input_size, mask_cell_size(masks_queries_logits.shape[-2:], input_size, patch)
 
 
 def _scores_in_region(class_queries_logits, masks_queries_logits, size, cell_size) -> torch.Tensor:
     """The ATM scores of the top-left `size` pixels of the input, the mask grid placed with `cell_size`."""
-    batch_size, num_labels = class_queries_logits.shape[0], class_queries_logits.shape[-1] - 1
-    dtype = torch.promote_types(masks_queries_logits.dtype, torch.float32)
-    scores = masks_queries_logits.new_empty((batch_size, num_labels, *size), dtype=dtype)
-    for top, bottom, band in _score_bands(class_queries_logits, masks_queries_logits, size, cell_size):
-        scores[:, :, top:bottom] = band
+    class_probabilities = _class_probabilities(class_queries_logits).transpose(1, 2)
+    batch_size, num_labels = class_probabilities.shape[:2]
+    scores = masks_queries_logits.new_empty((batch_size, num_labels, *size), dtype=class_probabilities.dtype)
+    for top, bottom, masks in _mask_bands(masks_queries_logits, size, cell_size):
+        scores[:, :, top:bottom] = torch.matmul(class_probabilities, masks.flatten(2)).unflatten(-1, masks.shape[-2:])
     return scores
 
 
@@ -324,16 +407,30 @@ def segmentation_label_maps(
     `segmentation_scores(...).argmax(1)`, the `(batch, height, width)` int64 label maps at the model input's size,
     computed band by band without the full-resolution scores.
     """
-    patch = patch_size if isinstance(patch_size, (tuple, list)) else (patch_size, patch_size)
-    input_size = (int(input_size[0]), int(input_size[1]))
-    cell_size = mask_cell_size(masks_queries_logits.shape[-2:], input_size, patch)
+    input_size, cell_size = _input_cells(masks_queries_logits, input_size, patch_size)
     return _label_maps_in_region(class_queries_logits, masks_queries_logits, input_size, cell_size)
 
 
 def _label_maps_in_region(class_queries_logits, masks_queries_logits, size, cell_size) -> torch.Tensor:
+    class_probabilities = _class_probabilities(class_queries_logits)
     label_maps = masks_queries_logits.new_empty((masks_queries_logits.shape[0], *size), dtype=torch.int64)
-    for top, bottom, band in _score_bands(class_queries_logits, masks_queries_logits, size, cell_size):
-        label_maps[:, top:bottom] = band.argmax(dim=1)
+    for index in range(label_maps.shape[0]):
+        label_maps[index] = _MaskBounds(masks_queries_logits[index], size, cell_size).label_map(
+            class_probabilities[index],
+            dense=lambda: _dense_label_maps(
+                class_probabilities[index : index + 1], masks_queries_logits[index : index + 1], size, cell_size
+            )[0],
+        )
+    return label_maps
+
+
+def _dense_label_maps(class_probabilities, masks_queries_logits, size, cell_size) -> torch.Tensor:
+    """The label maps scored at every pixel, band by band of rows."""
+    label_maps = masks_queries_logits.new_empty((masks_queries_logits.shape[0], *size), dtype=torch.int64)
+    for top, bottom, masks in _mask_bands(masks_queries_logits, size, cell_size):
+        # Pixels first: the argmax then runs along contiguous memory, several times faster than across labels.
+        scores = torch.matmul(masks.flatten(2).transpose(1, 2), class_probabilities)
+        label_maps[:, top:bottom] = scores.argmax(dim=-1).unflatten(-1, masks.shape[-2:])
     return label_maps
 
 
@@ -348,6 +445,116 @@ def _bilinear_sources(source_length: int, target_length: int, device: torch.devi
     high = torch.where(low < source_length - 1, low + 1, low)
     high_weight = position - low
     return low.to(device), high.to(device), (1 - high_weight).to(device), high_weight.to(device)
+
+
+# A block of pixels takes a class when that class's lowest possible score there beats every other class's highest
+# by more than rounding; a block no larger than this many pixels (on average) is scored pixel by pixel.
+_DECISION_MARGIN = 1e-6
+_SMALLEST_BLOCK = 24
+
+
+class _AxisPlacement:
+    """One axis of the mask grid placed on `length` pixels by the bilinear resize: per pixel, two cells and weights."""
+
+    def __init__(self, cells: int, cell_size: int, length: int, device: torch.device):
+        low, high, low_weight, high_weight = _bilinear_sources(cells, cells * cell_size, device)
+        self.low, self.high = low[:length], high[:length]
+        self.low_weight, self.high_weight = low_weight[:length], high_weight[:length]
+        # Between two neighbouring cell centres a mask logit is linear in the pixel's weight: such a run of pixels is
+        # a piece.
+        starts = torch.ones(length, dtype=torch.bool, device=device)
+        starts[1:] = self.low[1:] != self.low[:-1]
+        self.piece_starts = starts.nonzero().squeeze(1)
+        self.piece_stops = torch.cat([self.piece_starts[1:], self.piece_starts.new_tensor([length])])
+
+
+class _MaskBounds:
+    """
+    The ATM label map without scoring every pixel. On a block of pixels inside one piece of both axes, each mask
+    logit is bilinear in the pixel's weights, so its smallest and largest values lie at the block's corners; the
+    sigmoid keeps that order and the class probabilities are non-negative, so every class's score on the block lies
+    between the class mix of the corner minima and that of the corner maxima. A block where one class's lowest score
+    beats every other class's highest takes that class. The others are cut in four and tried again, down to blocks of
+    a few pixels, which are scored exactly; when most of the image is still undecided there (near-uniform classes),
+    `dense` scores it all.
+    """
+
+    def __init__(self, masks_queries_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]):
+        num_queries, grid_h, self.grid_w = masks_queries_logits.shape
+        device = masks_queries_logits.device
+        self.size = size
+        self.rows = _AxisPlacement(grid_h, cell_size[0], size[0], device)
+        self.cols = _AxisPlacement(self.grid_w, cell_size[1], size[1], device)
+        # (cells, queries): one gather reads all the queries of a cell.
+        dtype = torch.promote_types(masks_queries_logits.dtype, torch.float32)
+        self.cell_masks = masks_queries_logits.to(dtype).flatten(1).T.contiguous()
+
+    def mask_logits_at(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`(pixels, queries)` mask logits at pixels `(y, x)`, in `F.interpolate`'s order of operations."""
+        rows, cols = self.rows, self.cols
+        row_low, row_high = rows.low[y] * self.grid_w, rows.high[y] * self.grid_w
+        col_low, col_high = cols.low[x], cols.high[x]
+        col_low_weight, col_high_weight = cols.low_weight[x, None], cols.high_weight[x, None]
+        masks = self.cell_masks
+        upper = col_low_weight * masks[row_low + col_low] + col_high_weight * masks[row_low + col_high]
+        lower = col_low_weight * masks[row_high + col_low] + col_high_weight * masks[row_high + col_high]
+        return rows.low_weight[y, None] * upper + rows.high_weight[y, None] * lower
+
+    def label_map(self, class_probabilities: torch.Tensor, dense) -> torch.Tensor:
+        """`class_probabilities` `(queries, labels)`; `dense()` gives the same label map scored at every pixel."""
+        label_map = torch.empty(self.size, dtype=torch.int64, device=self.cell_masks.device)
+        row_pieces, col_pieces = len(self.rows.piece_starts), len(self.cols.piece_starts)
+        blocks = (
+            self.rows.piece_starts.repeat_interleave(col_pieces),
+            self.rows.piece_stops.repeat_interleave(col_pieces),
+            self.cols.piece_starts.repeat(row_pieces),
+            self.cols.piece_stops.repeat(row_pieces),
+        )
+        while True:
+            top, bottom, left, right = blocks
+            corners = [self.mask_logits_at(y, x) for y in (top, bottom - 1) for x in (left, right - 1)]
+            lowest = torch.stack(corners).amin(dim=0).sigmoid() @ class_probabilities  # (blocks, labels)
+            highest = torch.stack(corners).amax(dim=0).sigmoid() @ class_probabilities
+            best_lowest, best = lowest.max(dim=1)
+            highest.scatter_(1, best[:, None], float("-inf"))
+            decided = highest.max(dim=1).values < best_lowest - _DECISION_MARGIN
+            y, x, block = _block_pixels(*(side[decided] for side in blocks))
+            label_map[y, x] = best[decided][block]
+            blocks = tuple(side[~decided] for side in blocks)
+            areas = (blocks[1] - blocks[0]) * (blocks[3] - blocks[2])
+            if not areas.numel():
+                return label_map
+            if float(areas.float().mean()) <= _SMALLEST_BLOCK:
+                break
+            blocks = _quarter_blocks(*blocks)
+        if int(areas.sum()) > self.size[0] * self.size[1] // 4:
+            return dense()
+        y, x, _ = _block_pixels(*blocks)
+        label_map[y, x] = (self.mask_logits_at(y, x).sigmoid() @ class_probabilities).argmax(dim=1)
+        return label_map
+
+
+def _block_pixels(top, bottom, left, right):
+    """Every pixel `(y, x)` of the blocks `[top, bottom) x [left, right)`, with the index of its block."""
+    widths = right - left
+    areas = (bottom - top) * widths
+    block = torch.repeat_interleave(torch.arange(top.numel(), device=top.device), areas)
+    offset = torch.arange(int(areas.sum()), device=top.device) - torch.repeat_interleave(areas.cumsum(0) - areas, areas)
+    return top[block] + offset // widths[block], left[block] + offset % widths[block], block
+
+
+def _quarter_blocks(top, bottom, left, right):
+    """Each block cut in up to four: each side longer than one pixel is halved."""
+    middle_y, middle_x = (top + bottom + 1) // 2, (left + right + 1) // 2
+    tall, wide = bottom - top > 1, right - left > 1
+    upper_bottom, left_right = torch.where(tall, middle_y, bottom), torch.where(wide, middle_x, right)
+    quarters = [
+        (top, upper_bottom, left, left_right, torch.ones_like(tall)),
+        (top, upper_bottom, middle_x, right, wide),
+        (middle_y, bottom, left, left_right, tall),
+        (middle_y, bottom, middle_x, right, tall & wide),
+    ]
+    return tuple(torch.cat([quarter[side][quarter[4]] for quarter in quarters]) for side in range(4))
 
 
 def resized_score_bands(scores: torch.Tensor, size: tuple[int, int], max_band_elements: int = MAX_BAND_ELEMENTS):
@@ -369,7 +576,8 @@ def resized_score_bands(scores: torch.Tensor, size: tuple[int, int], max_band_el
         source = source[0]
         low_weight = rows_low_weight[top:bottom, None]
         high_weight = rows_high_weight[top:bottom, None]
-        band = low_weight * source[:, rows_low[top:bottom] - first] + high_weight * source[:, rows_high[top:bottom] - first]
+        band = low_weight * source[:, rows_low[top:bottom] - first]
+        band = band + high_weight * source[:, rows_high[top:bottom] - first]
         yield top, bottom, band
 
 
@@ -495,30 +703,8 @@ class _SegViTImageProcessingMixin:
     do_convert_rgb = True
     do_pad = True
     do_reduce_labels = False
-    ignore_index = 255
+    ignore_index = IGNORE_INDEX
     patch_size = 16
-
-    @classmethod
-    def from_preset(cls, name: str, *, with_background: bool = False, **kwargs: Any):
-        """
-        The image processor of one of the paper's released models (`segvit_hf.PRESETS`): the official test-time
-        resizing (ADE20K, COCO-Stuff: short side to the crop, long side at most 2048; PASCAL-Context: short side to 520),
-        normalisation (ImageNet statistics for ViT-B, [-1, 1] for the ViT-L "jax" models) and label reduction of the
-        official dataset configurations. `kwargs` override any option.
-        """
-        preset = get_preset(name)
-        longest_edge, shortest_edge = _TEST_SCALE_BY_DATASET[preset.dataset]
-        values: dict[str, Any] = {
-            "size": {"shortest_edge": shortest_edge or preset.crop_size}
-            | ({"longest_edge": longest_edge} if longest_edge else {}),
-            "image_mean": list(preset.image_mean),
-            "image_std": list(preset.image_std),
-            # The official ADE20K and COCO-Stuff annotations use 0 for "unlabelled"; so does PASCAL-Context's
-            # background, which the released 59-class models do not predict.
-            "do_reduce_labels": not (preset.dataset == "pascal-context" and with_background),
-        }
-        values.update(kwargs)
-        return cls(**values)
 
     def preprocess(
         self,
@@ -531,8 +717,9 @@ class _SegViTImageProcessingMixin:
 
         Args:
             images (`ImageInput`):
-                One image or a list: PIL images, NumPy arrays or torch tensors, `(H, W)`, `(H, W, C)` or `(C, H, W)`,
-                grayscale, RGB or RGBA (converted to RGB), of any sizes.
+                One image or a list: PIL images, NumPy arrays or torch tensors, `(H, W)`, `(H, W, C)` or `(C, H, W)`
+                (channels-last when both could be channels), grayscale, RGB or RGBA (converted to RGB), of any sizes.
+                16-bit and float PIL images are scaled to 8 bits by their range ([`to_8bit_image`]).
             segmentation_maps (`ImageInput`, *optional*):
                 One `(H, W)` map of class ids per image, at its image's size. Resized with nearest neighbour, padded
                 with `ignore_index`, returned as int64 `labels`.
@@ -554,16 +741,27 @@ class _SegViTImageProcessingMixin:
                 raise type(error)(f"Image {index}: {error}") from None
         return images
 
+    def _standardize_kwargs(self, **kwargs) -> dict:
+        kwargs = super()._standardize_kwargs(**kwargs)
+        # Checked here, at construction and at every call: a negative edge would otherwise give a 1x1 input.
+        if kwargs.get("size") is not None:
+            validate_size(kwargs["size"])
+        return kwargs
+
     def process_image(self, image: ImageInput, *args, input_data_format=None, **kwargs):
-        """Converts one image to the backend's `(C, H, W)` format; `(H, W)` arrays are grayscale."""
+        """
+        Converts one image to the backend's `(C, H, W)` format; `(H, W)` arrays are grayscale, PIL images of more than
+        8 bits per pixel are scaled to 8 bits first ([`to_8bit_image`]).
+        """
         if isinstance(image, torch.Tensor) and self.backend == "pil":
             image = image.detach().cpu().numpy()
-        if not is_pil_image(image):
-            if image.ndim == 2:
-                image = image[:, :, None]
-                input_data_format = ChannelDimension.LAST
-            else:
-                input_data_format = ChannelDimension(_channel_layout(image, input_data_format))
+        if is_pil_image(image):
+            image = to_8bit_image(image)
+        elif image.ndim == 2:
+            image = image[:, :, None]
+            input_data_format = ChannelDimension.LAST
+        else:
+            input_data_format = ChannelDimension(infer_channel_layout(image, input_data_format))
         return super().process_image(image, *args, input_data_format=input_data_format, **kwargs)
 
     def _preprocess_image_like_inputs(
@@ -607,6 +805,12 @@ class _SegViTImageProcessingMixin:
         label_maps = None
         if segmentation_maps is not None:
             maps = _flatten_images(segmentation_maps, expected_ndims=2)
+            if len(maps) != len(images) and _is_colour_array(segmentation_maps):
+                raise ValueError(
+                    f"Got one array of shape {tuple(segmentation_maps.shape)} as segmentation maps, which reads as a "
+                    f"batch of {len(maps)} maps for {len(images)} images: a colour label map? Turn its colours into "
+                    "class ids first; SegViT needs one single-channel (height, width) map per image."
+                )
             if len(maps) != len(images):
                 raise ValueError(
                     f"Got {len(maps)} segmentation maps for {len(images)} images; pass one (height, width) map per "
@@ -689,7 +893,7 @@ class _SegViTImageProcessingMixin:
                 inside the model input (needs `pixel_mask`).
             pixel_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*):
                 The `pixel_mask` this processor returned with the batch: each prediction is cropped to its image
-                before resizing.
+                before resizing. Taken from `outputs["pixel_mask"]` when the outputs carry it (as the pipeline's do).
             return_segmentation_scores (`bool`, *optional*, defaults to `False`):
                 Return [`SemanticSegmentationPostProcessorOutput`]s with the `(num_labels, height, width)` scores too.
 
@@ -705,9 +909,12 @@ class _SegViTImageProcessingMixin:
                 )
         masks_queries_logits = outputs.masks_queries_logits
         batch_size = masks_queries_logits.shape[0]
+        if pixel_mask is None and isinstance(outputs, Mapping):
+            pixel_mask = outputs.get("pixel_mask")
         if target_sizes is not None:
             target_sizes = _as_target_sizes(target_sizes, batch_size)
-        valid_sizes, cell_size = self.image_regions(masks_queries_logits.shape[-2:], batch_size, target_sizes, pixel_mask)
+        grid = masks_queries_logits.shape[-2:]
+        valid_sizes, cell_size = self.image_regions(grid, batch_size, target_sizes, pixel_mask)
         target_sizes = target_sizes or valid_sizes
 
         results = []
@@ -788,8 +995,8 @@ class SegViTImageProcessorPil(_SegViTImageProcessingMixin, PilBackend):
     SegViT image processor on PIL / NumPy.
 
     Resizes each image (by default the paper's test protocol: short side to 512, long side at most 2048, aspect kept;
-    [`~SegViTImageProcessorPil.from_preset`] sets a released model's values), rescales to [0, 1], normalises, and pads
-    images of different sizes at the bottom/right into one batch, recording the valid region in `pixel_mask`.
+    `segvit_hf.get_preset(name).image_processor()` gives a released model's values), rescales to [0, 1], normalises,
+    and pads images of different sizes at the bottom/right into one batch, recording the valid region in `pixel_mask`.
     Segmentation maps are resized with nearest neighbour, optionally reduced (`do_reduce_labels`), padded with
     `ignore_index`, and returned as int64 `labels`.
 
@@ -812,9 +1019,9 @@ class SegViTImageProcessorPil(_SegViTImageProcessingMixin, PilBackend):
 
     ```python
     >>> from PIL import Image
-    >>> from segvit_hf import SegViTImageProcessor
+    >>> from segvit_hf import get_preset
 
-    >>> processor = SegViTImageProcessor.from_preset("ade20k-vit-b")
+    >>> processor = get_preset("ade20k-vit-b").image_processor()
     >>> inputs = processor(images=Image.new("RGB", (640, 480)), return_tensors="pt")
     >>> inputs["pixel_values"].shape
     torch.Size([1, 3, 512, 683])
@@ -852,8 +1059,14 @@ __all__ = [
     "SegViTImageProcessorPil",
     "get_image_size",
     "get_resize_output_size",
+    "infer_channel_layout",
+    "keep_ratio_size",
+    "reduce_labels",
+    "resize_label_map",
     "resized_label_map",
     "resized_score_bands",
     "segmentation_label_maps",
     "segmentation_scores",
+    "to_8bit_image",
+    "validate_size",
 ]

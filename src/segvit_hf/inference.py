@@ -26,11 +26,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_utils import SizeDict
 
-from .configuration_segvit import as_pair
+from .configuration_segvit import as_pair, positive_pair
 from .image_processing_segvit import get_image_size, resized_label_map, resized_score_bands, segmentation_scores
 from .presets import PRESETS
 
@@ -40,27 +39,23 @@ TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 MODES = ("whole", "slide")
 
 
-def _positive_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = as_pair(value)
-    if min(pair) < 1:
-        raise ValueError(f"`{name}` must be positive, got {value}.")
-    return pair
-
-
 def sliding_window(
     config, crop_size: int | Sequence[int] | None = None, stride: int | Sequence[int] | None = None
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """
     The `(height, width)` crop and stride of sliding-window inference for a model configuration.
 
-    The crop defaults to the training crop, `config.encoder_config.image_size`. The stride defaults to the released
-    models' (341 for 512, 608 for 640, 320 for 480, see `segvit_hf.PRESETS`); for other crops, two thirds of the crop.
+    The crop defaults to the training crop, `config.encoder_config.image_size` (a model on a transformers backbone
+    has none: pass `crop_size`). The stride defaults to the released models' (341 for 512, 608 for 640, 320 for 480,
+    see `segvit_hf.PRESETS`); for other crops, two thirds of the crop.
     """
-    crop = _positive_pair(crop_size if crop_size is not None else config.encoder_config.image_size, "crop_size")
+    if crop_size is None and config.encoder_config is None:
+        raise ValueError("This model runs on a transformers backbone, which has no training crop: pass `crop_size`.")
+    crop = positive_pair(crop_size if crop_size is not None else config.encoder_config.image_size, "crop_size")
     if stride is None:
         stride_by_crop = {preset.crop_size: preset.slide_stride for preset in PRESETS.values()}
         stride = tuple(stride_by_crop.get(side, side * 2 // 3) for side in crop)
-    stride = _positive_pair(stride, "stride")
+    stride = positive_pair(stride, "stride")
     if stride[0] > crop[0] or stride[1] > crop[1]:
         raise ValueError(f"The stride {stride} must not exceed the crop {crop}: pixels between windows would be lost.")
     return crop, stride
@@ -72,7 +67,8 @@ def whole_inference(model, pixel_values: torch.Tensor) -> torch.Tensor:
     `(batch, 3, H, W)`, as fp32 `(batch, num_labels, H, W)`.
     """
     outputs = model(pixel_values=pixel_values)
-    patch_size = as_pair(model.config.encoder_config.patch_size)
+    encoder_config = model.config.encoder_config
+    patch_size = as_pair(encoder_config.patch_size if encoder_config is not None else model.config.output_stride)
     scores = segmentation_scores(
         outputs.class_queries_logits, outputs.masks_queries_logits, pixel_values.shape[-2:], patch_size
     )
@@ -112,7 +108,7 @@ def slide_inference(
         window_batch_size: windows run through the model together (each holding the whole batch); a speed/memory
             trade-off that does not change the result beyond floating-point rounding.
     """
-    crop, stride = _positive_pair(crop_size, "crop_size"), _positive_pair(stride, "stride")
+    crop, stride = positive_pair(crop_size, "crop_size"), positive_pair(stride, "stride")
     if window_batch_size < 1:
         raise ValueError(f"`window_batch_size` must be at least 1, got {window_batch_size}.")
     batch_size, _, height, width = pixel_values.shape
@@ -243,7 +239,9 @@ def _combine_augmentations(augmented_scores: list[torch.Tensor], size: tuple[int
             full_scores[:, top:bottom] = band.cpu()
     if not return_scores:
         return segmentation
-    return SemanticSegmentationPostProcessorOutput(data={"segmentation": segmentation, "segmentation_scores": full_scores})
+    return SemanticSegmentationPostProcessorOutput(
+        data={"segmentation": segmentation, "segmentation_scores": full_scores}
+    )
 
 
 __all__ = [

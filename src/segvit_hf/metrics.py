@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .image_processing_segvit import segmentation_label_maps
+from .configuration_segvit import IGNORE_INDEX
+from .image_processing_segvit import reduce_labels, segmentation_label_maps
 from .modeling_segvit import mask_cell_size
 
 # Labels the Trainer pads with when gathering batches of different sizes: never a class.
@@ -109,7 +110,7 @@ class StreamingMeanIoU:
     def __init__(
         self,
         num_labels: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         reduce_labels: bool = False,
         label_map: Mapping[int, int] | None = None,
         device: torch.device | str | None = None,
@@ -171,11 +172,7 @@ class StreamingMeanIoU:
     def _count_pairs_numpy(self, predictions: np.ndarray, references: np.ndarray) -> np.ndarray:
         """`(num_labels, num_labels)` counts of (reference, prediction) pairs at labelled pixels: one bincount."""
         num_labels = self.num_labels
-        references = self._mapped_references(references.astype(np.int64))
-        unlabelled = (references == self.ignore_index) | (references == TRAINER_PADDING_INDEX)
-        if self.reduce_labels:
-            unlabelled |= references == 0
-            references = references - 1
+        references, unlabelled = self._references_and_unlabelled(references.astype(np.int64))
         labelled_references = np.where(unlabelled, 0, references)
         if (
             labelled_references.min() < 0
@@ -194,11 +191,7 @@ class StreamingMeanIoU:
 
     def _count_pairs_torch(self, predictions: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         num_labels = self.num_labels
-        references = self._mapped_references(references.to(torch.int64))
-        unlabelled = (references == self.ignore_index) | (references == TRAINER_PADDING_INDEX)
-        if self.reduce_labels:
-            unlabelled |= references == 0
-            references = references - 1
+        references, unlabelled = self._references_and_unlabelled(references.to(torch.int64))
         predictions = predictions.to(torch.int64)
         reference_low, reference_high = torch.aminmax(torch.where(unlabelled, 0, references))
         prediction_low, prediction_high = torch.aminmax(torch.where(unlabelled, 0, predictions))
@@ -207,6 +200,17 @@ class StreamingMeanIoU:
         codes = torch.where(unlabelled, num_labels * num_labels, references * num_labels + predictions)
         counts = torch.bincount(codes, minlength=num_labels * num_labels + 1)
         return counts[: num_labels * num_labels].reshape(num_labels, num_labels)
+
+    def _references_and_unlabelled(self, references):
+        """
+        The references with `label_map` and the label reduction applied, and the mask of their unlabelled pixels
+        (`ignore_index`, the Trainer's -100 padding, and with `reduce_labels` the raw 0); NumPy arrays or tensors.
+        """
+        references = self._mapped_references(references)
+        padding = references == TRAINER_PADDING_INDEX
+        if self.reduce_labels:
+            references = reduce_labels(references, self.ignore_index)
+        return references, padding | (references == self.ignore_index)
 
     def _mapped_references(self, references):
         """`label_map` applied (each pair in turn, as `evaluate`); works on NumPy arrays and tensors alike."""
@@ -299,7 +303,7 @@ class SemanticSegmentationMetrics:
     def __init__(
         self,
         num_labels: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         id2label: Mapping[int, str] | None = None,
         patch_size: int = 16,
     ):
@@ -355,7 +359,7 @@ def evaluate_dataset(
     """
     from tqdm.auto import tqdm
 
-    from .data import reduce_label_map, to_numpy_pair
+    from .data import to_numpy_pair
     from .inference import predict
 
     config = model.config
@@ -365,7 +369,7 @@ def evaluate_dataset(
         example = dataset[index]
         image, label = to_numpy_pair(example["image"], example["label"])
         if reduce_labels:
-            label = reduce_label_map(label, config.ignore_index)
+            label = reduce_labels(label, config.ignore_index)
         prediction = predict(
             model, processor, image, mode=mode, scales=scales, flip=flip, crop_size=crop_size, stride=stride
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.backbone_utils import load_backbone
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import ViTLayer, ViTPatchEmbeddings, eager_attention_forward
 from transformers.utils import ModelOutput
@@ -23,16 +25,21 @@ class SegViTModelOutput(ModelOutput):
 
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, grid_height * grid_width, hidden_size)`):
-            Patch tokens after the last encoder layer (no final LayerNorm, no CLS token).
+            Patch tokens after the last encoder layer (no final LayerNorm, no CLS token); with a transformers
+            backbone, the tokens of the deepest feature map.
         feature_maps (`tuple(torch.FloatTensor)`):
             One map per `config.out_indices` entry, shallow to deep, each of shape
             `(batch_size, hidden_size, grid_height, grid_width)` where the grid is the input size divided by the patch
             size, rounded up (inputs are zero-padded at the bottom and right to a multiple of the patch size). Layers
-            after query down-sampling (`config.shrink_index`) have the halved grid, `ceil(grid / 2)`.
+            after query down-sampling (`config.shrink_index`) have the halved grid, `ceil(grid / 2)`. With a
+            transformers backbone, its feature maps: each stage's channels, on the grid `ceil(size / stride)`
+            (`config.feature_strides`).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
-            Embedding output and each layer's output, each `(batch_size, grid_height * grid_width, hidden_size)`.
+            Embedding output and each layer's output, each `(batch_size, grid_height * grid_width, hidden_size)`;
+            with a transformers backbone, as it returns them.
         attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
-            Each encoder layer's softmax attention, `(batch_size, num_heads, sequence_length, sequence_length)`.
+            Each encoder layer's softmax attention, `(batch_size, num_heads, sequence_length, sequence_length)`; with
+            a transformers backbone, as it returns them.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -51,12 +58,16 @@ class SegViTSemanticSegmenterOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
-            ATM loss summed over all decoder stages: `class_weight * CE + focal_weight * focal + dice_weight * dice`.
+            ATM loss summed over all decoder stages: `class_weight * CE + focal_weight * focal + dice_weight * dice`;
+            with `config.segmentation_loss="cross_entropy"`, the per-pixel cross-entropy of the prediction.
         class_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, num_labels + 1)`):
-            Class logits of each class query after the last stage; the last column is "no object".
+            Class logits of each class query after the last stage; the last column is "no object". The SETR decoder
+            has no queries: its query `c` is class `c` with certainty (see [`SegViTSETRHead`]).
         masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, grid_height, grid_width)`):
             Mask logits of each class query on the token grid (1/16 of the input; 1/32 when the last feature comes
-            after query down-sampling without query up-sampling), accumulated over the cascade's stages.
+            after query down-sampling without query up-sampling; `config.output_stride` for a transformers
+            backbone), accumulated over the cascade's stages. The SETR decoder gives its per-pixel class
+            log-probabilities.
         auxiliary_logits (`list[dict[str, torch.FloatTensor]]`):
             The other supervised outputs, first first, each with `class_queries_logits` and `masks_queries_logits`:
             the earlier cascade stages (masks accumulated up to that stage), or for the *Shrunk* model the first ATM
@@ -161,15 +172,32 @@ class SegViTLayer(ViTLayer):
     """
     transformers' pre-norm ViT layer (same weights and names) with stochastic depth on both residual branches.
 
-    With `downsample_queries=True` it is the *Shrunk* model's query-based down-sampling (QD) layer: the attention's
-    queries (and the residual) are the 2x2 nearest down-sampled tokens while keys and values are all tokens, so the
-    output lives on the halved grid and the pretrained weights are used unchanged.
+    With `query_downsampling` set it is the *Shrunk* model's query-based down-sampling (QD) layer, whose output lives
+    on the halved grid (the paper's Table 7 compares the three ways):
+
+    - `"nearest"`: the attention's queries (and the residual) are the 2x2 nearest down-sampled tokens while keys and
+      values are all tokens, so the pretrained weights are used unchanged (the *Shrunk* model);
+    - `"nearest_qkv"`: queries, keys and values are all the down-sampled tokens: an ordinary layer on the halved grid;
+    - `"conv"`: as `"nearest"`, but the queries come from a learnable 2x2 stride-2 convolution of the tokens.
     """
 
-    def __init__(self, config, drop_path_rate: float = 0.0, downsample_queries: bool = False):
+    def __init__(self, config, drop_path_rate: float = 0.0, query_downsampling: str | None = None):
         super().__init__(config)
         self.drop_path = SegViTDropPath(drop_path_rate)
-        self.downsample_queries = downsample_queries
+        self.query_downsampling = query_downsampling
+        self.query_downsampler = (
+            nn.Conv2d(config.hidden_size, config.hidden_size, kernel_size=2, stride=2)
+            if query_downsampling == "conv"
+            else None
+        )
+
+    def _downsample(self, hidden_states: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        if self.query_downsampler is None:
+            return downsample_token_grid(hidden_states, grid)
+        maps = hidden_states.transpose(1, 2).unflatten(-1, grid)
+        # An odd grid gets a zero row/column so that the output is ceil(grid / 2), the grid nearest down-sampling gives.
+        maps = self.query_downsampler(F.pad(maps, (0, grid[1] % 2, 0, grid[0] % 2)))
+        return maps.flatten(2).transpose(1, 2), (maps.shape[-2], maps.shape[-1])
 
     def _attend_from_downsampled_queries(self, queries: torch.Tensor, tokens: torch.Tensor, **kwargs):
         attention = self.attention
@@ -202,14 +230,19 @@ class SegViTLayer(ViTLayer):
         Returns:
             The new tokens, their grid (halved by a QD layer) and the attention weights (eager attention only).
         """
-        normed = self.layernorm_before(hidden_states)
-        if self.downsample_queries:
-            residual, out_grid = downsample_token_grid(hidden_states, grid)
-            queries, _ = downsample_token_grid(normed, grid)
-            attention_output, attention_weights = self._attend_from_downsampled_queries(queries, normed, **kwargs)
-        else:
+        if self.query_downsampling is None:
             residual, out_grid = hidden_states, grid
-            attention_output, attention_weights = self.attention(normed, None, **kwargs)
+            attention_output, attention_weights = self.attention(self.layernorm_before(hidden_states), None, **kwargs)
+        else:
+            residual, out_grid = self._downsample(hidden_states, grid)
+            queries = self.layernorm_before(residual)
+            if self.query_downsampling == "nearest_qkv":
+                attention_output, attention_weights = self.attention(queries, None, **kwargs)
+            else:
+                keys_values = self.layernorm_before(hidden_states)
+                attention_output, attention_weights = self._attend_from_downsampled_queries(
+                    queries, keys_values, **kwargs
+                )
         hidden_states = residual + self.drop_path(self.dropout(attention_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))
@@ -289,10 +322,10 @@ class SegViTATMLayer(nn.Module):
 class SegViTLateral(nn.Module):
     """An encoder feature map brought to the decoder width: Linear then LayerNorm on its tokens."""
 
-    def __init__(self, config: SegViTConfig):
+    def __init__(self, in_channels: int, hidden_size: int):
         super().__init__()
-        self.proj = nn.Linear(config.encoder_config.hidden_size, config.decoder_hidden_size)
-        self.norm = nn.LayerNorm(config.decoder_hidden_size)
+        self.proj = nn.Linear(in_channels, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
         """`(batch, hidden_size, grid_h, grid_w)` -> tokens `(batch, grid_h * grid_w, decoder_hidden_size)`."""
@@ -302,14 +335,14 @@ class SegViTLateral(nn.Module):
 class SegViTATMStage(nn.Module):
     """
     One ATM stage: the class queries go through the ATM layers over one feature map's tokens, each layer yielding
-    mask logits. In the cascade the tokens are an encoder layer's lateral; after query up-sampling they are the QU
-    output, already at the decoder width (`project_input=False`).
+    mask logits. In the cascade the tokens are the lateral of an encoder feature with `in_channels` channels; after
+    query up-sampling they are the QU output, already at the decoder width (`in_channels=None`).
     """
 
-    def __init__(self, config: SegViTConfig, project_input: bool = True):
+    def __init__(self, config: SegViTConfig, in_channels: int | None):
         super().__init__()
         width = config.decoder_hidden_size
-        self.lateral = SegViTLateral(config) if project_input else None
+        self.lateral = SegViTLateral(in_channels, width) if in_channels is not None else None
         self.layers = nn.ModuleList(
             SegViTATMLayer(width, config.decoder_num_attention_heads, config.decoder_dropout)
             for _ in range(config.decoder_layers_per_stage)
@@ -350,7 +383,7 @@ class SegViTQueryUpsampler(nn.Module):
         self.query_grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
         width = config.decoder_hidden_size
         self.queries = nn.Embedding(self.query_grid[0] * self.query_grid[1], width)
-        self.laterals = nn.ModuleList(SegViTLateral(config) for _ in config.out_indices)
+        self.laterals = nn.ModuleList(SegViTLateral(encoder_config.hidden_size, width) for _ in config.out_indices)
         self.decoders = nn.ModuleList(
             nn.ModuleList(
                 nn.TransformerDecoderLayer(
@@ -388,16 +421,20 @@ class SegViTATMDecoder(nn.Module):
       stage's grid). One output per stage.
     - After query up-sampling (the *Shrunk* model): a single ATM stage over the QU map. One output per layer, masks
       not accumulated. A one-stage cascade does the same with `config.per_layer_outputs`.
+
+    Feature maps of different resolutions (a hierarchical backbone) need nothing more: each stage attends to its own
+    feature's tokens, and the accumulation resizes every stage's masks to the last (finest) stage's grid.
     """
 
-    def __init__(self, config: SegViTConfig):
+    def __init__(self, config: SegViTConfig, in_channels: list[int]):
         super().__init__()
         if config.query_upsampling:
             self.query_upsampler = SegViTQueryUpsampler(config)
-            self.stages = nn.ModuleList([SegViTATMStage(config, project_input=False)])
+            self.stages = nn.ModuleList([SegViTATMStage(config, in_channels=None)])
         else:
             self.query_upsampler = None
-            self.stages = nn.ModuleList(SegViTATMStage(config) for _ in range(config.num_stages))
+            # Stage k reads the k-th deepest feature.
+            self.stages = nn.ModuleList(SegViTATMStage(config, channels) for channels in in_channels[::-1])
         self.per_layer_outputs = config.query_upsampling or config.per_layer_outputs
         self.class_queries = nn.Embedding(config.num_labels, config.decoder_hidden_size)
         self.class_head = nn.Linear(config.decoder_hidden_size, config.num_labels + 1)
@@ -430,6 +467,65 @@ class SegViTATMDecoder(nn.Module):
             accumulated = mask_logits if accumulated is None else accumulated + mask_logits
             outputs.append((self.class_head(queries), accumulated))
         return outputs
+
+    @staticmethod
+    def segmentation_logits(
+        class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """
+        The ATM scores `(batch, num_labels, size[0], size[1])` of one output at the label size (the official `pred`):
+        `sum_n softmax(class_logits)[n, c] * sigmoid(mask_n)`, "no object" dropped. The cross-entropy loss takes them
+        as logits, as the official head with `CE_loss=True` does.
+        """
+        masks = upsample_mask_logits(mask_logits, size, cell_size).sigmoid()
+        class_probabilities = class_logits.softmax(dim=-1)[..., :-1]
+        return torch.einsum("bnc,bnhw->bchw", class_probabilities, masks)
+
+
+class SegViTSETRHead(nn.Module):
+    """
+    The paper's baseline decoder (Table 4, SETR-naive): per-pixel classification of one feature map by two 1x1
+    convolutions, the first with BatchNorm and ReLU, after a LayerNorm of its tokens (as mmseg's SETR head).
+
+    It has no queries, but gives its prediction in the ATM decoder's output format, so that post-processing,
+    inference and metrics serve both: query `c` is class `c` with certainty (class logits 0 for `c` and the dtype's
+    minimum elsewhere, whose softmax is exactly one-hot) and its mask logits are the log-probabilities of class `c`
+    on the token grid (log-softmax over classes). The ATM score `sigmoid(mask)` is then `p / (1 + p)`, increasing
+    in the class probability `p` and never saturating at 1, so every argmax is the classifier's.
+    """
+
+    def __init__(self, config: SegViTConfig, in_channels: list[int]):
+        super().__init__()
+        channels = in_channels[-1]
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        # No bias: the BatchNorm that follows has one.
+        self.conv = nn.Conv2d(channels, config.decoder_hidden_size, kernel_size=1, bias=False)
+        self.batch_norm = nn.BatchNorm2d(config.decoder_hidden_size)
+        self.classifier = nn.Conv2d(config.decoder_hidden_size, config.num_labels, kernel_size=1)
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """
+        Args:
+            feature_maps: encoder features; the last (deepest) one is classified.
+        Returns:
+            One output: one-hot class logits `(batch, num_labels, num_labels + 1)` and the per-pixel
+            log-probabilities `(batch, num_labels, grid_h, grid_w)`.
+        """
+        hidden_states = self.norm(feature_maps[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        hidden_states = F.relu(self.batch_norm(self.conv(hidden_states)))
+        log_probabilities = self.classifier(hidden_states).log_softmax(dim=1)
+        batch_size, num_labels = log_probabilities.shape[:2]
+        certain = torch.eye(num_labels, num_labels + 1, dtype=torch.bool, device=log_probabilities.device)
+        class_logits = torch.zeros_like(certain, dtype=log_probabilities.dtype)
+        class_logits = class_logits.masked_fill(~certain, torch.finfo(log_probabilities.dtype).min)
+        return [(class_logits.expand(batch_size, -1, -1), log_probabilities)]
+
+    @staticmethod
+    def segmentation_logits(
+        class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """The per-pixel log-probabilities bilinearly resized to the label size: the cross-entropy loss's logits."""
+        return upsample_mask_logits(mask_logits, size, cell_size)
 
 
 def upsample_mask_logits(mask_logits: torch.Tensor, size: tuple[int, int], cell_size: tuple[int, int]) -> torch.Tensor:
@@ -567,6 +663,23 @@ class SegViTATMLoss(nn.Module):
         return total
 
 
+class SegViTCrossEntropyLoss(nn.Module):
+    """
+    Per-pixel cross-entropy of the prediction's class logits at the label size (`segmentation_loss="cross_entropy"`).
+    Averaged over all label pixels, ignored ones contributing zero, as mmseg 0.24's default that the official code
+    used (`avg_non_ignore=False`); an all-ignored batch thus gives a zero that keeps every parameter in the graph.
+    """
+
+    def __init__(self, config: SegViTConfig):
+        super().__init__()
+        self.ignore_index = config.ignore_index
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`(batch, num_labels, height, width)` logits and `(batch, height, width)` labels -> scalar loss."""
+        losses = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="none")
+        return losses.sum() / labels.numel()
+
+
 class SegViTPreTrainedModel(PreTrainedModel):
     """Weight initialisation and the `from_pretrained` plumbing shared by the SegViT models."""
 
@@ -586,7 +699,8 @@ class SegViTPreTrainedModel(PreTrainedModel):
         super().__init__(config, *args, **kwargs)
         # transformers resolves the attention implementation on the top-level config only at construction; the
         # reused ViT layers read it from the encoder sub-config.
-        config.encoder_config._attn_implementation_internal = config._attn_implementation
+        if config.encoder_config is not None:
+            config.encoder_config._attn_implementation_internal = config._attn_implementation
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -597,6 +711,12 @@ class SegViTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, nn.MultiheadAttention):
             init.xavier_uniform_(module.in_proj_weight)
             init.zeros_(module.in_proj_bias)
@@ -605,6 +725,10 @@ class SegViTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             # Class and QU queries start as standard-normal tables (nn.Embedding's own default, as the official head).
             init.normal_(module.weight, mean=0.0, std=1.0)
+
+
+def _image_channels(config: SegViTConfig) -> int:
+    return (config.backbone_config or config.encoder_config).num_channels
 
 
 def _check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
@@ -630,20 +754,83 @@ class SegViTModel(SegViTPreTrainedModel):
     The SegViT encoder: a plain ViT run the official way (no CLS token in the sequence, no final LayerNorm,
     position embeddings resized bicubically to any input grid) that returns the features of `config.out_indices`.
     With `config.shrink_index` set, that layer down-samples its queries (QD) and the later layers run at 1/32.
+
+    With `config.backbone_config`, a transformers backbone (`AutoBackbone`) replaces the ViT. Its input is zero-padded
+    at the bottom and right to a multiple of its coarsest stride (so that every backbone, whatever its own padding or
+    rounding, sees a size it divides), and each feature map is cropped back to the cells that cover the image,
+    `ceil(size / stride)`: the grids of the built-in encoder's convention, on which post-processing places the masks.
     """
 
     def __init__(self, config: SegViTConfig):
         super().__init__(config)
-        encoder_config = config.encoder_config
-        self.embeddings = SegViTEmbeddings(config)
-        depth = encoder_config.num_hidden_layers
-        rates = [config.drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
-        self.layers = nn.ModuleList(
-            SegViTLayer(encoder_config, rate, downsample_queries=index == config.shrink_index)
-            for index, rate in enumerate(rates)
-        )
+        if config.backbone_config is not None:
+            self.backbone = load_backbone(config)
+        else:
+            encoder_config = config.encoder_config
+            self.embeddings = SegViTEmbeddings(config)
+            depth = encoder_config.num_hidden_layers
+            rates = [config.drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+            self.layers = nn.ModuleList(
+                SegViTLayer(
+                    encoder_config,
+                    rate,
+                    query_downsampling=config.query_downsampling if index == config.shrink_index else None,
+                )
+                for index, rate in enumerate(rates)
+            )
         self.gradient_checkpointing = False
         self.post_init()
+        if config.use_pretrained_backbone:
+            self._load_pretrained_backbone()
+
+    def _load_pretrained_backbone(self) -> None:
+        """Copies the weights of the `config.backbone` checkpoint into the backbone."""
+        # `from_pretrained` builds the model on the meta device, then fills it from its own checkpoint, which holds
+        # the backbone weights: nothing to read then.
+        if any(parameter.is_meta for parameter in self.backbone.parameters()):
+            return
+        # The backbone's own class: `AutoBackbone.from_pretrained` asks the Hub first (for timm), which fails offline
+        # and for local directories.
+        backbone_config = copy.deepcopy(self.config.backbone_config)
+        pretrained = type(self.backbone).from_pretrained(self.config.backbone, config=backbone_config)
+        self.backbone.load_state_dict(pretrained.state_dict())
+
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each feature map the model returns, shallow to deep."""
+        if self.config.backbone_config is not None:
+            return list(self.backbone.channels)
+        return [self.config.encoder_config.hidden_size] * len(self.config.out_indices)
+
+    def _backbone_forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool, output_attentions: bool
+    ) -> SegViTModelOutput:
+        height, width = pixel_values.shape[-2:]
+        strides = self.config.feature_strides
+        multiple = max(strides)
+        pixel_values = F.pad(pixel_values, (0, -width % multiple, 0, -height % multiple))
+        outputs = self.backbone(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        feature_maps = []
+        for feature_map, stride, name in zip(outputs.feature_maps, strides, self.backbone.out_features):
+            expected = (pixel_values.shape[-2] // stride, pixel_values.shape[-1] // stride)
+            if tuple(feature_map.shape[-2:]) != expected:
+                raise ValueError(
+                    f"The {self.config.backbone_config.model_type!r} backbone's {name} feature map is "
+                    f"{tuple(feature_map.shape[-2:])} for a {tuple(pixel_values.shape[-2:])} input, not the "
+                    f"{expected} of the stride {stride} SegViT assumes (see `backbone_stage_strides`)."
+                )
+            feature_maps.append(feature_map[..., : -(-height // stride), : -(-width // stride)])
+        return SegViTModelOutput(
+            last_hidden_state=feature_maps[-1].flatten(2).transpose(1, 2),
+            feature_maps=tuple(feature_maps),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     def forward(
         self,
@@ -666,8 +853,12 @@ class SegViTModel(SegViTPreTrainedModel):
         )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        _check_pixel_values(pixel_values, _image_channels(self.config))
+        if self.config.backbone_config is not None:
+            pixel_values = pixel_values.to(self.backbone.dtype)
+            output = self._backbone_forward(pixel_values, output_hidden_states, output_attentions)
+            return output if return_dict else output.to_tuple()
         encoder_config = self.config.encoder_config
-        _check_pixel_values(pixel_values, encoder_config.num_channels)
         if output_attentions and encoder_config._attn_implementation not in (None, "eager"):
             raise ValueError(
                 "`output_attentions=True` needs the eager attention implementation; load the model with "
@@ -699,15 +890,16 @@ class SegViTModel(SegViTPreTrainedModel):
 
 class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
     """
-    SegViT for semantic segmentation: the [`SegViTModel`] encoder, the cascaded ATM decoder and the ATM loss.
+    SegViT for semantic segmentation: the [`SegViTModel`] encoder, the cascaded ATM decoder and the ATM loss (or, as
+    configured, the SETR baseline decoder and the per-pixel cross-entropy).
 
     Example:
 
     ```python
     >>> import torch
-    >>> from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
+    >>> from segvit_hf import SegViTForSemanticSegmentation, get_preset
 
-    >>> model = SegViTForSemanticSegmentation(SegViTConfig.from_preset("ade20k-vit-b")).eval()
+    >>> model = SegViTForSemanticSegmentation(get_preset("ade20k-vit-b").config()).eval()
     >>> outputs = model(torch.randn(1, 3, 512, 512))
     >>> outputs.masks_queries_logits.shape
     torch.Size([1, 150, 32, 32])
@@ -717,8 +909,12 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
     def __init__(self, config: SegViTConfig):
         super().__init__(config)
         self.segvit = SegViTModel(config)
-        self.decode_head = SegViTATMDecoder(config)
-        self.criterion = SegViTATMLoss(config)
+        decoder_class = SegViTSETRHead if config.decoder_type == "setr" else SegViTATMDecoder
+        self.decode_head = decoder_class(config, in_channels=self.segvit.feature_channels)
+        if config.segmentation_loss == "cross_entropy":
+            self.criterion = SegViTCrossEntropyLoss(config)
+        else:
+            self.criterion = SegViTATMLoss(config)
         self.post_init()
 
     def _check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
@@ -768,7 +964,7 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
-            _check_pixel_values(pixel_values, self.config.encoder_config.num_channels)
+            _check_pixel_values(pixel_values, _image_channels(self.config))
             if labels.ndim == 4 and labels.shape[1] == 1:
                 labels = labels[:, 0]
             self._check_labels(labels, pixel_values)
@@ -785,9 +981,21 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
 
         loss = None
         if labels is not None:
-            cell_size = mask_cell_size(mask_logits.shape[-2:], labels.shape[-2:], self.segvit.embeddings.patch_size)
+            if self.config.backbone_config is None:
+                patch_size = self.segvit.embeddings.patch_size
+            else:
+                patch_size = as_pair(self.config.output_stride)
+            cell_size = mask_cell_size(mask_logits.shape[-2:], labels.shape[-2:], patch_size)
             with torch.autocast(device_type=mask_logits.device.type, enabled=False):
-                loss = self.criterion(stage_outputs, labels, cell_size)
+                if self.config.segmentation_loss == "cross_entropy":
+                    # Only the prediction is supervised, as in the official head with `CE_loss=True`.
+                    dtype = torch.promote_types(mask_logits.dtype, torch.float32)
+                    logits = self.decode_head.segmentation_logits(
+                        class_logits.to(dtype), mask_logits.to(dtype), labels.shape[-2:], cell_size
+                    )
+                    loss = self.criterion(logits, labels)
+                else:
+                    loss = self.criterion(stage_outputs, labels, cell_size)
 
         output = SegViTSemanticSegmenterOutput(
             loss=loss,
@@ -801,26 +1009,6 @@ class SegViTForSemanticSegmentation(SegViTPreTrainedModel):
             attentions=encoder_outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
-
-    @classmethod
-    def from_vit_pretrained(cls, pretrained_vit, config_or_preset, **kwargs):
-        """
-        A SegViT whose encoder starts from pretrained ViT weights (a transformers ViT Hub id or directory, or a timm
-        checkpoint) and whose ATM decoder is freshly initialised; position embeddings are resized bicubically to the
-        crop and the CLS token is dropped. See [`segvit_hf.pretrained.segvit_from_vit_pretrained`] for the arguments
-        (`id2label`, `output_loading_info`, `ignore_mismatched_sizes`, Hub options, configuration overrides).
-
-        Example:
-
-        ```python
-        >>> model = SegViTForSemanticSegmentation.from_vit_pretrained(
-        ...     "google/vit-base-patch16-384", "ade20k-vit-b", id2label={0: "background", 1: "road"}
-        ... )
-        ```
-        """
-        from .pretrained import segvit_from_vit_pretrained
-
-        return segvit_from_vit_pretrained(pretrained_vit, config_or_preset, model_class=cls, **kwargs)
 
 
 __all__ = [

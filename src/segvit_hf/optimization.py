@@ -31,7 +31,7 @@ from torch import nn
 # Module types whose parameters are normalisation scales and shifts: never decayed.
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 # Parameter names (last component) that are learned tables of positions or queries rather than weights of a map.
-_NO_DECAY_NAMES = ("position_embeddings", "cls_token", "mask_token")
+_NO_DECAY_NAMES = ("position_embeddings", "cls_token", "mask_token", "relative_position_bias_table")
 
 
 def _owner_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -73,8 +73,9 @@ def parameter_groups(
 
     The encoder is the submodule named `backbone_prefix` (default: the model's `base_model_prefix`, `"segvit"`);
     everything else is the head. Norms are recognised by module type (LayerNorm, GroupNorm, BatchNorm, InstanceNorm),
-    biases by name (`*bias`), position tables by name (`position_embeddings`, `cls_token`, `mask_token`) and query
-    tables as `nn.Embedding` weights. Frozen parameters (`requires_grad=False`) are left out; empty groups are dropped.
+    biases by name (`*bias`), position tables by name (`position_embeddings`, `cls_token`, `mask_token`, and Swin's
+    `relative_position_bias_table` in a transformers backbone) and query tables as `nn.Embedding` weights. Frozen
+    parameters (`requires_grad=False`) are left out; empty groups are dropped.
     """
     if learning_rate <= 0:
         raise ValueError(f"`learning_rate` must be positive, got {learning_rate}.")

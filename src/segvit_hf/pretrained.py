@@ -30,21 +30,17 @@ from transformers import PreTrainedConfig, ViTModel
 from transformers.utils import logging
 
 from .configuration_segvit import SegViTConfig, as_pair
+from .hub import HubUnreachableError, download_hub_file
 from .modeling_segvit import SegViTForSemanticSegmentation, resize_position_embeddings
+from .presets import get_preset
+from .state_dicts import encoder_rename_rules, load_torch_checkpoint, rename_key, split_qkv
 
 logger = logging.get_logger(__name__)
 
 _POSITION_KEY = "embeddings.position_embeddings"
 
 # timm's ViT names -> ours (relative to `SegViTModel`); the fused `attn.qkv` is split separately.
-_TIMM_RULES = [
-    (r"patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embeddings.projection.\1"),
-    (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"layers.\1.layernorm_before.\2"),
-    (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"layers.\1.attention.o_proj.\2"),
-    (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"layers.\1.layernorm_after.\2"),
-    (r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"layers.\1.mlp.fc1.\2"),
-    (r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"layers.\1.mlp.fc2.\2"),
-]
+_TIMM_RULES = encoder_rename_rules("timm")
 _TIMM_QKV = re.compile(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)")
 # Tensors of a timm ViT that SegViT deliberately does without: prefix tokens (CLS, distillation, registers) never
 # enter its sequence, and it reads features before the final norm and has no classification head.
@@ -118,20 +114,12 @@ def load_timm_vit_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     `{"model": ...}` or `{"state_dict": ...}`, or saved from `DataParallel` (`module.` prefixes), is unwrapped.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No checkpoint file at {path!r}.")
-    if path.endswith(".safetensors"):
+    if path.endswith(".safetensors") and os.path.isfile(path):
         from safetensors.torch import load_file
 
         state_dict: Any = load_file(path)
     else:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises pickle, zip and runtime errors alike for unreadable files
-            raise ValueError(
-                f"Could not read {path!r} as a torch checkpoint with weights_only=True (corrupt, not a torch file, or "
-                f"holding Python objects beyond tensors and plain containers): {error}"
-            ) from error
+        state_dict = load_torch_checkpoint(path)
     for wrapper in ("model", "state_dict"):
         if isinstance(state_dict, Mapping) and isinstance(state_dict.get(wrapper), Mapping):
             state_dict = state_dict[wrapper]
@@ -183,18 +171,13 @@ def convert_timm_vit_state_dict(
         if key == "pos_embed":
             continue
         if match := _TIMM_QKV.fullmatch(key):
-            layer, kind = match.groups()
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                converted[f"layers.{layer}.attention.{name}.{kind}"] = part
+            converted.update(split_qkv(tensor, *match.groups()))
         elif _TIMM_IGNORED.fullmatch(key):
             ignored.append(key)
+        elif (name := rename_key(key, _TIMM_RULES)) is not None:
+            converted[name] = tensor
         else:
-            for pattern, replacement in _TIMM_RULES:
-                if re.fullmatch(pattern, key):
-                    converted[re.sub(pattern, replacement, key)] = tensor
-                    break
-            else:
-                unknown.append(key)
+            unknown.append(key)
     if unknown:
         raise ValueError(
             f"{len(unknown)} tensor(s) are not part of a timm ViT as SegViT knows it: {sorted(unknown)[:20]}"
@@ -333,7 +316,7 @@ def _build_config(config_or_preset, config_class, id2label, config_kwargs) -> Se
         labels = _normalise_id2label(id2label)
         overrides.update(id2label=labels, label2id={name: index for index, name in labels.items()})
     if isinstance(config_or_preset, str):
-        return config_class.from_preset(config_or_preset, **overrides)
+        return get_preset(config_or_preset).config(**overrides)
     if isinstance(config_or_preset, PreTrainedConfig) and config_or_preset.model_type == config_class.model_type:
         if not overrides:
             return copy.deepcopy(config_or_preset)
@@ -347,15 +330,21 @@ def _build_config(config_or_preset, config_class, id2label, config_kwargs) -> Se
 
 
 def _local_or_hub_file(pretrained: str, filename: str, hub_kwargs: dict) -> str | None:
-    """Path of `filename` in the local directory `pretrained`, or downloaded from the Hub repo; None if absent."""
+    """
+    Path of `filename` in the local directory `pretrained`, or downloaded from the Hub repo; None if the directory or
+    repository has no such file. A file neither cached nor reachable raises a `HubUnreachableError`.
+
+    transformers' `cached_file` does the same lookup, but with missing entries tolerated it also returns None for a
+    file that is merely unreachable (offline, no connection), and otherwise raises an `OSError` for both: a missing
+    config.json and an offline machine would then read alike.
+    """
     if os.path.isdir(pretrained):
         path = os.path.join(pretrained, filename)
         return path if os.path.isfile(path) else None
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        return hf_hub_download(pretrained, filename, **hub_kwargs)
+        return download_hub_file(pretrained, filename, **hub_kwargs)
     except EntryNotFoundError:
         return None
 
@@ -389,7 +378,9 @@ def _read_encoder_source(pretrained: str, encoder_config, hub_kwargs: dict):
         return (*convert_timm_vit_state_dict(state_dict), "timm")
     try:
         config_path = _local_or_hub_file(pretrained, "config.json", hub_kwargs)
-    except Exception as error:  # offline, unknown repo, no access: all surface as different hub errors
+    except HubUnreachableError:
+        raise
+    except Exception as error:  # unknown repo, no access, invalid id: all surface as different hub errors
         raise OSError(
             f"{pretrained!r} is neither a local file or directory nor a reachable Hub repository: {error}"
         ) from error

@@ -26,10 +26,12 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from .configuration_segvit import IGNORE_INDEX, positive_pair
+from .image_processing_segvit import keep_ratio_size, resize_label_map
 
 
-def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
+def check_pair(image: np.ndarray, label: np.ndarray) -> None:
+    """Checks that `image` is a `(H, W, 3)` array and `label` a `(H, W)` array of the same height and width."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", type(image).__name__)
         raise ValueError(f"`image` must be a numpy array of shape (height, width, 3), got {shape}.")
@@ -40,26 +42,13 @@ def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
         raise ValueError(f"`image` {image.shape[:2]} and `label` {label.shape} must have the same height and width.")
 
 
-def _as_size(size: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    if len(size) != 2 or any(int(s) <= 0 for s in size):
-        raise ValueError(f"`{name}` must be a positive int or (height, width), got {size}.")
-    return int(size[0]), int(size[1])
-
-
 def resize_pair(image: np.ndarray, label: np.ndarray | None, size: tuple[int, int]):
     """Resizes an `(H, W, 3)` uint8 image bilinearly and an `(H, W)` label map with nearest to `size` (h, w)."""
     height, width = size
     if image.shape[:2] == (height, width):
         return image, label
     resized_image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    resized_label = None
-    if label is not None:
-        # Mode "I" keeps label ids beyond 255 intact (COCO-Stuff raw ids, say) before they are mapped.
-        resized_label = np.asarray(
-            Image.fromarray(label.astype(np.int32)).resize((width, height), Image.NEAREST)
-        ).astype(label.dtype)
+    resized_label = None if label is None else resize_label_map(label, height, width)
     return resized_image, resized_label
 
 
@@ -68,9 +57,7 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, 
     mmcv's keep-ratio rescale: the largest size with the input's aspect ratio whose long side is at most
     `max(scale)` and short side at most `min(scale)`. Returns `(new_height, new_width)`.
     """
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)
+    return keep_ratio_size(height, width, shortest_edge=min(scale), longest_edge=max(scale))
 
 
 class Compose:
@@ -104,14 +91,14 @@ class RandomResize:
     """
 
     def __init__(self, scale: tuple[int, int], ratio_range: tuple[float, float] = (0.5, 2.0)):
-        self.scale = _as_size(scale, "scale")
+        self.scale = positive_pair(scale, "scale")
         low, high = ratio_range
         if not 0 < low <= high:
             raise ValueError(f"`ratio_range` must satisfy 0 < low <= high, got {ratio_range}.")
         self.ratio_range = (float(low), float(high))
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         ratio = rng.uniform(*self.ratio_range) if self.ratio_range[0] < self.ratio_range[1] else self.ratio_range[0]
         target = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
         return resize_pair(image, label, rescale_size(*image.shape[:2], target))
@@ -133,7 +120,7 @@ class RandomCrop:
     """
 
     def __init__(self, crop_size, cat_max_ratio: float = 0.75, ignore_index: int = IGNORE_INDEX):
-        self.crop_size = _as_size(crop_size, "crop_size")
+        self.crop_size = positive_pair(crop_size, "crop_size")
         if not 0 < cat_max_ratio <= 1:
             raise ValueError(f"`cat_max_ratio` must be in (0, 1], got {cat_max_ratio}.")
         self.cat_max_ratio = float(cat_max_ratio)
@@ -146,7 +133,7 @@ class RandomCrop:
         return top, left, crop_height, crop_width
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         height, width = label.shape
         top, left, crop_height, crop_width = self._draw_box(height, width, rng)
         if self.cat_max_ratio < 1.0:
@@ -172,7 +159,7 @@ class RandomHorizontalFlip:
         self.prob = float(prob)
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         if rng.random() < self.prob:
             return image[:, ::-1], label[:, ::-1]
         return image, label
@@ -206,7 +193,7 @@ class PhotometricDistortion:
         return np.clip(image, 0, 255)
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         if image.dtype != np.uint8:
             raise TypeError(f"PhotometricDistortion expects a uint8 image (before Normalize), got {image.dtype}.")
         pixels = image.astype(np.float32)
@@ -247,7 +234,7 @@ class Normalize:
         self.std = np.asarray(std, dtype=np.float32) * 255.0
 
     def __call__(self, image, label, rng):
-        _check_pair(image, label)
+        check_pair(image, label)
         return (image.astype(np.float32) - self.mean) / self.std, label
 
     def __repr__(self) -> str:
@@ -261,12 +248,12 @@ class Pad:
     """
 
     def __init__(self, size, image_value: float = 0, label_value: int = IGNORE_INDEX):
-        self.size = _as_size(size, "size")
+        self.size = positive_pair(size, "size")
         self.image_value = image_value
         self.label_value = label_value
 
     def __call__(self, image, label, rng=None):
-        _check_pair(image, label)
+        check_pair(image, label)
         pad_bottom = max(self.size[0] - label.shape[0], 0)
         pad_right = max(self.size[1] - label.shape[1], 0)
         if not pad_bottom and not pad_right:
@@ -285,10 +272,10 @@ class ResizeToFit:
     """Deterministic keep-ratio resize into a `(long side, short side)` box (mmseg's test-time `Resize`)."""
 
     def __init__(self, scale: tuple[int, int]):
-        self.scale = _as_size(scale, "scale")
+        self.scale = positive_pair(scale, "scale")
 
     def __call__(self, image, label, rng=None):
-        _check_pair(image, label)
+        check_pair(image, label)
         return resize_pair(image, label, rescale_size(*image.shape[:2], self.scale))
 
     def __repr__(self) -> str:
@@ -311,7 +298,7 @@ def build_train_transforms(
     ADE20K / COCO-Stuff configurations (PASCAL-Context uses `(520, 520)`). The result maps a uint8 `(H, W, 3)`
     image and its label map to a float32 `(crop_h, crop_w, 3)` normalised image and a `(crop_h, crop_w)` label map.
     """
-    crop = _as_size(crop_size, "crop_size")
+    crop = positive_pair(crop_size, "crop_size")
     steps = [
         RandomResize(scale or (2048, crop[0]), ratio_range),
         RandomCrop(crop, cat_max_ratio, ignore_index),
@@ -335,7 +322,7 @@ def build_eval_transforms(
     needs. This is a training-time monitor; the paper's protocol (short side to the crop, sliding window, labels at
     full resolution) is `examples/evaluate_semantic_segmentation.py`.
     """
-    crop = _as_size(crop_size, "crop_size")
+    crop = positive_pair(crop_size, "crop_size")
     return Compose([ResizeToFit(crop), Normalize(image_mean, image_std), Pad(crop, 0, ignore_index)])
 
 
@@ -350,6 +337,7 @@ __all__ = [
     "ResizeToFit",
     "build_eval_transforms",
     "build_train_transforms",
+    "check_pair",
     "rescale_size",
     "resize_pair",
 ]

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_processing_segvit import _channel_layout, get_image_size
+from .configuration_segvit import IGNORE_INDEX
+from .image_processing_segvit import get_image_size, infer_channel_layout, to_8bit_image
 from .labels import default_palette
 from .modeling_segvit import SegViTSemanticSegmenterOutput, upsample_mask_logits
 
@@ -39,18 +40,20 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def to_rgb_array(image: Any) -> np.ndarray:
     """
-    A `(H, W, 3)` uint8 copy of an image: PIL (any mode, transparency onto white), or a NumPy array / torch tensor
-    `(H, W)`, `(H, W, C)` or `(C, H, W)` with 1, 3 or 4 channels, uint8 or floats in [0, 1].
+    A `(H, W, 3)` uint8 copy of an image: PIL (any mode, transparency onto white, 16-bit and float images scaled by
+    their range as the image processor does), or a NumPy array / torch tensor `(H, W)`, `(H, W, C)` or `(C, H, W)`
+    with 1, 3 or 4 channels, uint8 or floats in [0, 1].
     """
     get_image_size(image)
     if isinstance(image, Image.Image):
+        image = to_8bit_image(image)
         if "A" in image.getbands() or "transparency" in image.info:
             image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
         return np.array(image.convert("RGB"))
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.ndim == 2:
         array = array[:, :, None]
-    elif _channel_layout(array, None) == "channels_first":
+    elif infer_channel_layout(array, None) == "channels_first":
         array = np.moveaxis(array, 0, -1)
     if np.issubdtype(array.dtype, np.floating):
         array = np.clip(array * 255.0 + 0.5, 0, 255)
@@ -115,7 +118,7 @@ def draw_overlay(
     alpha: float = 0.5,
     legend: bool = True,
     max_legend_entries: int = 20,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Image.Image:
     """
     The label map's colours blended over the image, with a legend on the right listing the classes present (largest

@@ -30,6 +30,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .configuration_segvit import as_pair
+from .modeling_segvit import mask_cell_size, upsample_mask_logits
+
 if TYPE_CHECKING:
     from fvcore.nn import FlopCountAnalysis
 
@@ -86,14 +89,42 @@ def _positive_int(name: str, value: Any) -> int:
 def _input_channels(model: nn.Module) -> int:
     """Image channels the model expects, read from its (SegViT or other transformers vision) config."""
     config = getattr(model, "config", None)
-    for candidate in (getattr(config, "encoder_config", None), config):
+    for candidate in (getattr(config, "encoder_config", None), getattr(config, "backbone_config", None), config):
         channels = getattr(candidate, "num_channels", None)
         if isinstance(channels, int):
             return channels
     raise ValueError(
         f"Cannot tell how many input channels {type(model).__name__} expects: it has no `config.num_channels` "
-        "(nor `config.encoder_config.num_channels`). Pass `num_channels`."
+        "(nor `config.encoder_config.num_channels`, `config.backbone_config.num_channels`). Pass `num_channels`."
     )
+
+
+class _WithOfficialPrediction(nn.Module):
+    """
+    A SegViT model followed by its official test output at the input size, which the paper's counts include (the
+    official heads compute it in their forward pass; ours leaves it to the post-processing): the mask logits resized
+    to the input in one go, their sigmoid mixed over the classes by the class probabilities (the ATM head's `pred`),
+    or for the SETR baseline its class logits resized to the input.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(pixel_values)
+        size = pixel_values.shape[-2:]
+        mask_logits = outputs.masks_queries_logits
+        cell_size = mask_cell_size(mask_logits.shape[-2:], size, as_pair(self.model.config.output_stride))
+        masks = upsample_mask_logits(mask_logits, size, cell_size)
+        if self.model.config.decoder_type == "setr":
+            return masks
+        class_probabilities = outputs.class_queries_logits.softmax(dim=-1)[..., :-1]
+        return torch.einsum("bqc,bqhw->bchw", class_probabilities, masks.sigmoid())
+
+
+def _is_segvit_segmenter(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == "segvit" and hasattr(model, "decode_head")
 
 
 def flop_count_analysis(
@@ -114,8 +145,9 @@ def flop_count_analysis(
 
     Args:
         model (`nn.Module`):
-            Any module whose forward takes the pixel values as its first argument, e.g. a
-            [`SegViTForSemanticSegmentation`] (counts encoder, decoder and the full-resolution prediction).
+            Any module whose forward takes the pixel values as its first argument. A
+            [`SegViTForSemanticSegmentation`] is counted with the official full-resolution prediction
+            (`segmentation_scores`) after its forward pass, as the paper counts it: encoder, decoder and prediction.
         height (`int`), width (`int`):
             Input size in pixels. The paper counts at the training crop (`config.encoder_config.image_size`).
         batch_size (`int`, *optional*, defaults to 1):
@@ -143,7 +175,8 @@ def flop_count_analysis(
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     pixel_values = torch.randn(batch_size, num_channels, height, width, device=device, dtype=dtype)
 
-    analysis = FlopCountAnalysis(model, (pixel_values,)).set_op_handle(**_EXTRA_HANDLES)
+    counted = _WithOfficialPrediction(model) if _is_segvit_segmenter(model) else model
+    analysis = FlopCountAnalysis(counted, (pixel_values,)).set_op_handle(**_EXTRA_HANDLES)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     training_flags = {module: module.training for module in model.modules()}
@@ -175,10 +208,10 @@ def count_flops(
     Example:
 
     ```python
-    >>> from segvit_hf import SegViTConfig, SegViTForSemanticSegmentation
-    >>> from segvit_hf.utils import count_flops
+    >>> from segvit_hf import SegViTForSemanticSegmentation, get_preset
+    >>> from segvit_hf.flops import count_flops
 
-    >>> model = SegViTForSemanticSegmentation(SegViTConfig.from_preset("ade20k-vit-b"))
+    >>> model = SegViTForSemanticSegmentation(get_preset("ade20k-vit-b").config())
     >>> round(count_flops(model, 512, 512), 1)  # the paper: 120.9
     120.7
     ```
