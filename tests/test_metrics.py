@@ -132,6 +132,8 @@ def test_bad_inputs_raise():
         metric.update(np.zeros((2, 3), int), np.zeros((3, 2), int))
     with pytest.raises(ValueError, match="same, non-empty shape"):
         metric.update(torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="no label maps"):
+        metric.update([], [])
     with pytest.raises(TypeError, match="integer"):
         metric.update(np.zeros((2, 2)), np.zeros((2, 2), int))
     with pytest.raises(ValueError, match="ignore_index"):

@@ -138,6 +138,8 @@ class StreamingMeanIoU:
                 maps of any sizes, or scores `(batch, num_labels, H, W)` as a float tensor, arg-maxed over dim 1.
             references: class ids of the same `(batch, H, W)` / `(H, W)` shape; `ignore_index` and -100 are skipped.
         """
+        if any(isinstance(values, (list, tuple)) and not len(values) for values in (predictions, references)):
+            raise ValueError("`update` got no label maps: pass at least one prediction and its reference.")
         if _is_sequence_of_maps(predictions) or _is_sequence_of_maps(references):
             # Maps of different sizes (one per image) cannot be stacked: add them one by one.
             if len(predictions) != len(references):
