@@ -182,8 +182,10 @@ def _gradient(dtype, high):
         Image.fromarray(_gradient(np.int32, 65535)),  # "I", as some Pillow versions read 16-bit PNGs
         Image.fromarray(_gradient(np.float32, 1.0)),  # "F" in [0, 1]
         Image.fromarray(_gradient(np.float32, 255.0)),  # "F" in [0, 255]
+        _gradient(np.uint16, 65535),  # a NumPy array read from a 16-bit file
+        _gradient(np.int64, 255),  # integers of a wide type, in the 8-bit range
     ],
-    ids=["I;16", "I", "F-unit", "F-255"],
+    ids=["I;16", "I", "F-unit", "F-255", "uint16-array", "int64-array"],
 )
 def test_high_bit_depth_images_are_scaled_by_their_range(processor, image):
     # The same gradient as 8 bits: every mode must give (nearly) the pixels of the 8-bit image, not two values.
@@ -203,6 +205,11 @@ def test_high_bit_depth_images_are_scaled_by_their_range(processor, image):
 def test_high_bit_depth_images_of_unknown_range_are_refused(processor, array, message):
     with pytest.raises(ValueError, match=message):
         processor(Image.fromarray(array))
+
+
+def test_integer_arrays_beyond_8_bits_of_unknown_depth_are_refused(processor):
+    with pytest.raises(ValueError, match=r"int32 holds values in \[0, 4095\].*bit depth is unknown"):
+        processor(_gradient(np.int32, 4095))
 
 
 @pytest.mark.parametrize("shape", [(1, 500, 3), (4, 5, 3), (1, 5, 4)])

@@ -169,6 +169,25 @@ def to_8bit_image(image: PIL.Image.Image) -> PIL.Image.Image:
     return PIL.Image.fromarray(np.round(values * scale).astype(np.uint8), mode="L")
 
 
+def array_to_8bit(image: np.ndarray) -> np.ndarray:
+    """
+    A NumPy image of integers as 8-bit values, as [`to_8bit_image`] does for PIL images: `uint16` arrays are divided
+    by 257; other integer arrays must already hold values in [0, 255] (a `ValueError` otherwise, since their bit depth
+    is unknown). Float and `uint8` arrays are returned unchanged.
+    """
+    if image.dtype == np.uint16:
+        return np.round(image / 257).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.integer) and image.dtype != np.uint8 and image.size:
+        low, high = int(image.min()), int(image.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"An integer image of dtype {image.dtype} holds values in [{low}, {high}], outside [0, 255]: its bit "
+                "depth is unknown. Pass uint8 values, a uint16 array (16 bits), or floats in [0, 1] with "
+                "do_rescale=False."
+            )
+    return image
+
+
 def get_image_size(image: ImageInput, input_data_format: ChannelDimension | str | None = None) -> tuple[int, int]:
     """
     `(height, width)` of a PIL image, or of a NumPy array / torch tensor laid out as `(H, W)`, `(C, H, W)` or
@@ -750,18 +769,21 @@ class _SegViTImageProcessingMixin:
 
     def process_image(self, image: ImageInput, *args, input_data_format=None, **kwargs):
         """
-        Converts one image to the backend's `(C, H, W)` format; `(H, W)` arrays are grayscale, PIL images of more than
-        8 bits per pixel are scaled to 8 bits first ([`to_8bit_image`]).
+        Converts one image to the backend's `(C, H, W)` format; `(H, W)` arrays are grayscale, PIL images and NumPy
+        arrays of more than 8 bits per pixel are scaled to 8 bits first ([`to_8bit_image`], [`array_to_8bit`]).
         """
         if isinstance(image, torch.Tensor) and self.backend == "pil":
             image = image.detach().cpu().numpy()
         if is_pil_image(image):
             image = to_8bit_image(image)
-        elif image.ndim == 2:
-            image = image[:, :, None]
-            input_data_format = ChannelDimension.LAST
         else:
-            input_data_format = ChannelDimension(infer_channel_layout(image, input_data_format))
+            if isinstance(image, np.ndarray):
+                image = array_to_8bit(image)
+            if image.ndim == 2:
+                image = image[:, :, None]
+                input_data_format = ChannelDimension.LAST
+            else:
+                input_data_format = ChannelDimension(infer_channel_layout(image, input_data_format))
         return super().process_image(image, *args, input_data_format=input_data_format, **kwargs)
 
     def _preprocess_image_like_inputs(
@@ -1067,6 +1089,7 @@ __all__ = [
     "resized_score_bands",
     "segmentation_label_maps",
     "segmentation_scores",
+    "array_to_8bit",
     "to_8bit_image",
     "validate_size",
 ]
