@@ -622,15 +622,7 @@ class _BoundaryCells:
         cells = disagree.flatten().nonzero().squeeze(1)
         rows, cols = cells // width, cells % width
         rows_below, cols_right = (rows + 1).clamp(max=height - 1), (cols + 1).clamp(max=width - 1)
-        flat_scores = scores.reshape(num_labels, -1)
-        corners = torch.stack(
-            [
-                flat_scores[:, rows * width + cols],
-                flat_scores[:, rows * width + cols_right],
-                flat_scores[:, rows_below * width + cols],
-                flat_scores[:, rows_below * width + cols_right],
-            ]
-        )  # (4, labels, cells)
+        corners = _corner_scores(scores.reshape(num_labels, -1), width, (rows, rows_below), (cols, cols_right))
         lowest_possible = corners.amin(dim=0).amax(dim=0)
         kept = min(_CANDIDATES_PER_CELL, num_labels)
         highest, candidates = corners.amax(dim=0).topk(min(kept + 1, num_labels), dim=0)
@@ -642,6 +634,14 @@ class _BoundaryCells:
         self.corner_scores = corners.gather(1, candidates[:kept].expand(4, -1, -1)).permute(2, 0, 1)  # (cells, 4, kept)
         self.slot = torch.full((height * width,), -1, dtype=torch.int64, device=scores.device)
         self.slot[cells] = torch.arange(cells.numel(), device=scores.device)
+
+
+def _corner_scores(flat_scores, width, rows, cols) -> torch.Tensor:
+    """
+    `(4, labels, n)` scores of `(labels, h * w)` `flat_scores` at n 2x2 corners: top-left, top-right, bottom-left,
+    bottom-right, from the `(top, bottom)` rows and `(left, right)` columns.
+    """
+    return torch.stack([flat_scores[:, row * width + col] for row in rows for col in cols])
 
 
 def _bilinear_mix(corners, row_weights, col_weights) -> torch.Tensor:
@@ -693,9 +693,9 @@ def resized_label_map(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tens
             chosen = incomplete[start : start + chunk]
             source_rows = (rows_low[top + rows[chosen]], rows_high[top + rows[chosen]])
             source_cols = (cols_low[cols[chosen]], cols_high[cols[chosen]])
-            corners = torch.stack([flat_scores[:, r * width + c] for r in source_rows for c in source_cols], dim=1)
+            corners = _corner_scores(flat_scores, width, source_rows, source_cols)
             mixed = _bilinear_mix(
-                corners.permute(2, 1, 0),
+                corners.permute(2, 0, 1),
                 (row_weights[0][chosen], row_weights[1][chosen]),
                 (col_weights[0][chosen], col_weights[1][chosen]),
             )

@@ -29,7 +29,7 @@ import torch
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_utils import SizeDict
 
-from .configuration_segvit import as_pair, positive_pair
+from .configuration_segvit import positive_pair
 from .image_processing_segvit import get_image_size, resized_label_map, resized_score_bands, segmentation_scores
 from .presets import PRESETS
 
@@ -67,10 +67,8 @@ def whole_inference(model, pixel_values: torch.Tensor) -> torch.Tensor:
     `(batch, 3, H, W)`, as fp32 `(batch, num_labels, H, W)`.
     """
     outputs = model(pixel_values=pixel_values)
-    encoder_config = model.config.encoder_config
-    patch_size = as_pair(encoder_config.patch_size if encoder_config is not None else model.config.output_stride)
     scores = segmentation_scores(
-        outputs.class_queries_logits, outputs.masks_queries_logits, pixel_values.shape[-2:], patch_size
+        outputs.class_queries_logits, outputs.masks_queries_logits, pixel_values.shape[-2:], model.config.output_stride
     )
     return scores.float()
 

@@ -298,8 +298,9 @@ class SemanticSegmentationMetrics:
     logits are kept. Without `batch_eval_metrics` it is called once on everything and works the same way.
 
     Predictions may be label maps (use [`logits_to_label_maps`] as `preprocess_logits_for_metrics`) or the raw
-    model outputs (`class_queries_logits`, `masks_queries_logits`, ...; `patch_size` places the masks). Returns `mean_iou`, `mean_accuracy`, `overall_accuracy` and, per class,
-    `iou_<name>` / `accuracy_<name>` (names from `id2label`, else the class ids).
+    model outputs (`class_queries_logits`, `masks_queries_logits`, ...; `patch_size` places the masks). Returns
+    `mean_iou`, `mean_accuracy`, `overall_accuracy` and, per class, `iou_<name>` / `accuracy_<name>` (names from
+    `id2label`, else the class ids).
     """
 
     def __init__(
